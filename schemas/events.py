@@ -1,0 +1,159 @@
+"""Pydantic models of every record guardstream reads or writes.
+
+Every model carries ``schema_version``. A reader accepts versions up to ``SCHEMA_VERSION``
+and rejects newer ones, so a producer that upgrades first is noticed instead of misread.
+Unknown fields are rejected: a typo in a producer is a schema error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: strict about unknown fields, immutable, versioned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Annotated[int, Field(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+
+
+class ImageRef(BaseModel):
+    """Where an image lives (s3://, file://, https://) and, optionally, what it must hash to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    sha256: Sha256Hex | None = None
+    media_type: str | None = None
+
+
+class ChatEvent(WireModel):
+    """A chat turn to moderate: the user's text and images, and optionally the VLM's response."""
+
+    event_id: Identifier
+    conversation_id: Identifier
+    tenant: Identifier = "default"
+    created_at: datetime = Field(default_factory=utcnow)
+    text: str = ""
+    images: list[ImageRef] = Field(default_factory=list)
+    response: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatEvent:
+        if not self.text.strip() and not self.images:
+            raise ValueError("an event needs text or at least one image")
+        return self
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+
+
+class VerdictStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class ErrorInfo(BaseModel):
+    """Why an event could not be moderated: a stable code and a human-readable message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str
+    message: str
+    retriable: bool = False
+
+
+class Verdict(WireModel):
+    """The answer to one ChatEvent: labels, the reasoning behind them, and how it was reached."""
+
+    event_id: Identifier
+    conversation_id: Identifier
+    tenant: Identifier
+    status: VerdictStatus
+    request_harmful: bool | None = None
+    response_harmful: bool | None = None
+    request_score: float | None = None
+    response_score: float | None = None
+    reasoning: str = ""
+    model: ModelRef
+    policy_version: str
+    content_key: str | None = None
+    cache_hit: bool = False
+    decided_by: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    produced_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _status_matches_error(self) -> Verdict:
+        if (self.status is VerdictStatus.ERROR) != (self.error is not None):
+            raise ValueError("an error verdict carries an error, an ok verdict none")
+        if self.status is VerdictStatus.OK and self.request_harmful is None:
+            raise ValueError("an ok verdict says whether the request was harmful")
+        return self
+
+
+class SourceRef(BaseModel):
+    """The coordinates of a record on its topic, so that it can be found and replayed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+
+
+class DeadLetter(WireModel):
+    """Input that could not be moderated, kept whole with the reason."""
+
+    source: SourceRef
+    event_id: str | None = None
+    raw_value_b64: str
+    reason: str
+    message: str
+    retriable: bool = False
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditLabel(WireModel):
+    """A human or upstream judgement of an event, used for evaluation and retraining."""
+
+    event_id: Identifier
+    request_harmful: bool
+    response_harmful: bool | None = None
+    labeller: Identifier
+    labelled_at: datetime = Field(default_factory=utcnow)
+    note: str = ""
+
+
+class ModelRelease(WireModel):
+    """The model version workers must serve (compacted topic, keyed by model name)."""
+
+    name: Identifier
+    version: Identifier
+    backend: Identifier
+    artefact_uri: str
+    kind: Literal["full", "adapter"] = "full"
+    base_model: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    released_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,71 @@
+"""`guardstream topics ...`, `guardstream produce`, `guardstream tail`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+
+from topics.admin import check_topics, create_topics
+from topics.io import produce_events, read_events, tail_topic
+from topics.registry import TopicNames, topic_specs
+from workers.settings import KafkaSettings, WorkerSettings
+
+app = typer.Typer(help="Create or verify guardstream's topics.", no_args_is_help=True)
+
+PARTITIONS = typer.Option(8, help="partitions of the partitioned topics")
+REPLICATION = typer.Option(1, help="replication factor")
+
+
+def kafka_settings() -> KafkaSettings:
+    return WorkerSettings().kafka
+
+
+@app.command("create")
+def create(partitions: int = PARTITIONS, replication: int = REPLICATION) -> None:
+    """Create the topics that are missing."""
+    k = kafka_settings()
+    specs = topic_specs(TopicNames(k.topic_prefix), partitions, replication)
+    created = asyncio.run(create_topics(k.bootstrap_servers, specs))
+    for spec in specs:
+        typer.echo(f"{spec.name}: {'created' if spec.name in created else 'exists'}")
+
+
+@app.command("check")
+def check(partitions: int = PARTITIONS, replication: int = REPLICATION) -> None:
+    """Verify that every topic exists with the expected partitions; exit 1 if not."""
+    k = kafka_settings()
+    results = asyncio.run(check_topics(k.bootstrap_servers, topic_specs(TopicNames(k.topic_prefix), partitions, replication)))
+    for result in results:
+        typer.echo(f"{result.spec.name}: {result.describe()}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+def produce(path: Path = typer.Argument(..., help="JSON Lines file of ChatEvents")) -> None:
+    """Validate a file of ChatEvents and publish them to the input topic."""
+    k = kafka_settings()
+    topic = TopicNames(k.topic_prefix).events
+    count = asyncio.run(produce_events(k.bootstrap_servers, topic, read_events(path)))
+    typer.echo(f"published {count} events to {topic}")
+
+
+def tail(
+    topic: str = typer.Argument(..., help="topic name, or one of: events, verdicts, dlq, audit_labels, models"),
+    from_beginning: bool = typer.Option(True, help="start at the earliest offset"),
+) -> None:
+    """Print a topic's records as JSON lines until interrupted."""
+    k = kafka_settings()
+    names = TopicNames(k.topic_prefix)
+    name = getattr(names, topic) if topic in {"events", "verdicts", "dlq", "audit_labels", "models"} else topic
+
+    async def run() -> None:
+        async for item in tail_topic(k.bootstrap_servers, name, from_beginning):
+            typer.echo(json.dumps(item, ensure_ascii=False))
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass

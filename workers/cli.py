@@ -1,0 +1,60 @@
+"""The `guardstream` console script: one command, a subcommand per job."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+import typer
+
+from schemas.cli import app as schemas_app
+from topics.cli import app as topics_app
+from topics.cli import produce, tail
+from trainer.cli import app as train_app
+from workers.logs import configure_logging
+from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from workers.worker import Worker
+
+app = typer.Typer(help="guardstream: streaming moderation with a reasoning guard.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(topics_app, name="topics")
+app.add_typer(train_app, name="train")
+app.command("produce")(produce)
+app.command("tail")(tail)
+
+
+@app.command("worker")
+def worker(backend: str = typer.Option(None, help="guard backend (default: settings, 'lite')")) -> None:
+    """Run a long-lived worker against the brokers in settings (GUARDSTREAM_* or GUARDSTREAM_CONFIG_FILE)."""
+    from workers.worker import Worker
+
+    settings = WorkerSettings()
+    if backend:
+        settings.guard.backend = backend
+    configure_logging(settings.observability.log_format, settings.observability.log_level)
+    asyncio.run(_serve(Worker(settings)))
+
+
+async def _serve(instance: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, instance.stop)
+    await instance.run()
+
+
+@app.command("demo")
+def demo(
+    events: int = typer.Option(48, help="how many sample events to publish (repeats included)"),
+    show: int = typer.Option(24, help="how many verdicts to print in the table"),
+) -> None:
+    """Run everything locally: broker, cache, images, topics, sample events, a worker; print the verdicts."""
+    from workers.demo import run_demo
+
+    asyncio.run(run_demo(events, show))
+
+
+def main() -> None:
+    app()

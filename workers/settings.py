@@ -1,0 +1,123 @@
+"""The worker's settings: one model, from GUARDSTREAM_* variables (nested with `__`) or a TOML file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "GUARDSTREAM_CONFIG_FILE"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    group_id: str = "guardstream-workers"
+    client_id: str = "guardstream-worker"
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(2_000, ge=100)
+    max_poll_records: int = Field(256, ge=1)
+    poll_timeout_ms: int = Field(200, ge=1)
+    commit_interval_ms: int = Field(1_000, ge=10)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+
+class LimitSettings(BaseModel):
+    """Explicit limits on what one event may contain; beyond them the event is refused, not truncated."""
+
+    max_record_bytes: int = Field(1_048_576, ge=1)
+    max_text_chars: int = Field(32_000, ge=1)
+    max_response_chars: int = Field(32_000, ge=1)
+    max_images: int = Field(4, ge=0)
+
+
+class FetchSettings(BaseModel):
+    """Image fetching: where images may come from, and how much of them is accepted."""
+
+    file_root: Path | None = None
+    https_allowed_hosts: list[str] = Field(default_factory=list)
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_allow_http: bool = False
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    pixel_budget: int = Field(1_003_520, ge=1, description="resize target, in pixels (Qwen2.5-VL: 1280*28*28)")
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    backoff_base_s: float = Field(0.1, ge=0)
+    concurrency: int = Field(16, ge=1)
+
+
+class CacheSettings(BaseModel):
+    enabled: bool = True
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "guardstream"
+    ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    socket_timeout_s: float = Field(0.5, gt=0)
+    retry_after_s: float = Field(2.0, ge=0, description="after a Redis error, skip Redis this long")
+
+
+class BatchSettings(BaseModel):
+    max_batch: int = Field(16, ge=1)
+    max_wait_ms: int = Field(20, ge=0)
+    max_batches_in_flight: int = Field(2, ge=1)
+    max_in_flight_events: int = Field(512, ge=1, description="above this, partitions are paused")
+
+
+class GuardSettings(BaseModel):
+    backend: str = "lite"
+    model_name: str = "guardstream-lite"
+    model_version: str = "1"
+    policy_version: str = "1"
+    max_attempts: int = Field(3, ge=1)
+    backoff_base_s: float = Field(0.2, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    lite_artefact: Path | None = Field(None, description="text head JSON; None uses the one shipped")
+    lite_text_threshold: float | None = Field(None, ge=0, le=1, description="None uses the artefact's")
+    lite_image_threshold: float = Field(0.8, ge=0, le=1)
+    lite_threads: int = Field(2, ge=1)
+
+
+class ObservabilitySettings(BaseModel):
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "info"
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(9464, description="None disables the health and metrics server")
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GUARDSTREAM_", env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)

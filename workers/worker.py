@@ -1,0 +1,364 @@
+"""The moderation worker: poll, decode, key, cache, fetch, batch, guard, emit, commit.
+
+Each polled record becomes one task that ends in exactly one answer: a verdict (ok or error) and,
+for input that can never be moderated, a dead letter. Only answered offsets are committed
+(see commit.py), so a crash repeats work and never loses an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, Verdict
+from topics.registry import TopicNames
+from workers.batcher import MicroBatcher
+from workers.cache import NoCache, RedisCache, ResultCache, cache_key
+from workers.commit import OffsetTracker
+from workers.content_key import content_key
+from workers.decode import decode_event
+from workers.emit import Emitter, dead_letter, error_verdict, ok_verdict
+from workers.errors import BackendError, GuardstreamError, InputError
+from workers.fetch import FetchedImage, ImageFetcher
+from workers.guard.base import GuardBackend, GuardRequest, GuardResult
+from workers.guard.registry import load_backend
+from workers.guard_stage import GuardStage, Outcome
+from workers.health import HealthServer
+from workers.metrics import WorkerMetrics
+from workers.settings import WorkerSettings
+from workers.singleflight import SingleFlight
+
+log = structlog.get_logger("guardstream.worker")
+
+
+class InternalError(GuardstreamError):
+    code = "internal_error"
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.commit(revoked)
+        self.worker.tracker.forget(revoked)
+        log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        backend: GuardBackend | None = None,
+        cache: ResultCache | None = None,
+        metrics: WorkerMetrics | None = None,
+        on_verdict: Callable[[Verdict], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = TopicNames(settings.kafka.topic_prefix)
+        self.metrics = metrics or WorkerMetrics()
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.model = ModelRef(name=settings.guard.model_name, version=settings.guard.model_version)
+        self.on_verdict = on_verdict
+        self._backend = backend
+        self._cache = cache
+        self._fetcher = ImageFetcher(settings.fetch)
+        self._singleflight: SingleFlight[str, GuardResult] = SingleFlight()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._paused = False
+        self._last_commit = 0.0
+        self.health: HealthServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Ask the worker to stop polling, drain and commit (safe from a signal handler)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            while not self._stopping.is_set():
+                await self._poll_iteration()
+        finally:
+            await asyncio.shield(self._shutdown())
+
+    async def start(self) -> None:
+        s = self.settings
+        if self._backend is None:
+            self._backend = await asyncio.to_thread(load_backend, s.guard)
+        if self._cache is None:
+            self._cache = RedisCache(s.cache, self.metrics) if s.cache.enabled else NoCache()
+        self.guard = GuardStage(self._backend, s.guard, self.metrics)
+        self.batcher: MicroBatcher[tuple[str, GuardRequest], Outcome] = MicroBatcher(
+            self._run_batch, s.batch.max_batch, s.batch.max_wait_ms, s.batch.max_batches_in_flight
+        )
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers, acks="all", linger_ms=5)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka.bootstrap_servers,
+            group_id=s.kafka.group_id,
+            client_id=s.kafka.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.kafka.auto_offset_reset,
+            session_timeout_ms=s.kafka.session_timeout_ms,
+            heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
+        )
+        await self.producer.start()
+        self.emitter = Emitter(self.producer, self.topics)
+        await self.consumer.start()
+        self.consumer.subscribe([self.topics.events], listener=_CommitOnRevoke(self))
+        self.batcher.start()
+        obs = s.observability
+        if obs.health_port is not None:
+            self.health = HealthServer(obs.health_host, obs.health_port, self.metrics.registry, lambda: self.ready)
+            await self.health.start()
+        self._started = True
+        log.info("worker_started", backend=self._backend.name, cache=self._cache.description,
+                 topic=self.topics.events, group=s.kafka.group_id, health_port=self.health.port if self.health else None)
+
+    async def _shutdown(self) -> None:
+        self._stopping.set()
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            log.info("draining", in_flight=len(self._tasks), timeout_s=self.settings.drain_timeout_s)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_s)
+        if self._started:
+            await self.commit()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._started:
+            await self.batcher.close()
+            await self.consumer.stop()
+            await self.producer.stop()
+            assert self._cache is not None and self._backend is not None
+            await self._cache.close()
+            await self._backend.close()
+        if self.health:
+            await self.health.stop()
+        log.info("worker_stopped", abandoned=len(pending))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _poll_iteration(self) -> None:
+        k = self.settings.kafka
+        polled = await self.consumer.getmany(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records)
+        records = [record for batch in polled.values() for record in batch]
+        for record in records:
+            self.tracker.polled(TopicPartition(record.topic, record.partition), record.offset)
+        self.metrics.events_in.inc(len(records))
+        if records:
+            await self._admit(records)
+        self._apply_backpressure()
+        if time.monotonic() - self._last_commit >= k.commit_interval_ms / 1000:
+            await self.commit()
+            await self._observe_lag()
+
+    async def _admit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Decode every record, answer cache hits, and start a task for everything else."""
+        admitted: list[tuple[ConsumerRecord[bytes, bytes], ChatEvent, str | None]] = []
+        for record in records:
+            try:
+                event = decode_event(record.value, self.settings.limits)
+            except InputError as exc:
+                self._spawn(self._publish(record, None, dead_letter(_source(record), record.value, exc, None)))
+                continue
+            digests = [ref.sha256 for ref in event.images]
+            key = self._content_key(event, digests) if all(digests) else None  # type: ignore[arg-type]
+            admitted.append((record, event, key))
+        started = time.monotonic()
+        hits = await self._lookup([key for _, _, key in admitted if key])
+        cache_ms = _ms_since(started)
+        for record, event, key in admitted:
+            if key and key in hits:
+                verdict = self._verdict(event, hits[key], key, True, {"cache_ms": cache_ms})
+                self._spawn(self._publish(record, verdict, None))
+            else:
+                self._spawn(self._moderate(record, event, key))
+
+    async def _moderate(self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, key: str | None) -> None:
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        letter = None
+        try:
+            images = await self._fetch_images(event, timings)
+            if key is None:
+                key = self._content_key(event, [image.sha256 for image in images])
+                cached = await self._lookup([key])
+                if key in cached:
+                    await self._publish(record, self._verdict(event, cached[key], key, True, timings), None)
+                    return
+            request = GuardRequest(text=event.text, images=[i.image for i in images], response=event.response)
+            guard_started = time.monotonic()
+            result, shared = await self._singleflight.do(key, lambda: self._infer(key, request))
+            timings["guard_ms"] = _ms_since(guard_started)
+            if shared:
+                self.metrics.singleflight_joins.inc()
+            timings["total_ms"] = _ms_since(started)
+            verdict = self._verdict(event, result, key, False, timings)
+        except GuardstreamError as exc:
+            verdict, letter = self._failure(record, event, exc, timings)
+        except Exception as exc:
+            log.exception("moderation_failed_unexpectedly", event_id=event.event_id)
+            verdict, letter = self._failure(record, event, InternalError(f"{type(exc).__name__}: {exc}"), timings)
+        await self._publish(record, verdict, letter)
+
+    async def _fetch_images(self, event: ChatEvent, timings: dict[str, float]) -> list[FetchedImage]:
+        if not event.images:
+            return []
+        started = time.monotonic()
+        with self.metrics.stage_seconds.labels("fetch").time():
+            images = await asyncio.gather(*(self._fetcher.fetch(ref) for ref in event.images))
+        timings["fetch_ms"] = _ms_since(started)
+        return list(images)
+
+    async def _infer(self, key: str, request: GuardRequest) -> GuardResult:
+        outcome = await self.batcher.submit((key, request))
+        if isinstance(outcome, BackendError):
+            raise outcome
+        return outcome
+
+    async def _run_batch(self, items: list[tuple[str, GuardRequest]]) -> list[Outcome]:
+        outcomes = await self.guard.run([request for _, request in items])
+        await self._store({key: o for (key, _), o in zip(items, outcomes, strict=True) if isinstance(o, GuardResult)})
+        return outcomes
+
+    # -- cache -------------------------------------------------------------------------------
+
+    def _cache_key(self, key: str) -> str:
+        g = self.settings.guard
+        return cache_key(self.settings.cache.key_prefix, g.model_name, g.model_version, g.policy_version, key)
+
+    async def _lookup(self, keys: list[str]) -> dict[str, GuardResult]:
+        if not keys:
+            return {}
+        assert self._cache is not None
+        unique = list(dict.fromkeys(keys))
+        with self.metrics.stage_seconds.labels("cache").time():
+            found = await self._cache.get_many([self._cache_key(k) for k in unique])
+        hits = {k: found[self._cache_key(k)] for k in unique if self._cache_key(k) in found}
+        self.metrics.cache_misses.inc(len(unique) - len(hits))
+        return hits
+
+    async def _store(self, results: dict[str, GuardResult]) -> None:
+        assert self._cache is not None
+        await self._cache.put_many({self._cache_key(k): v for k, v in results.items()})
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def _content_key(self, event: ChatEvent, digests: list[str]) -> str:
+        g = self.settings.guard
+        return content_key(event.text, event.response, digests, g.model_name, g.model_version, g.policy_version)
+
+    def _verdict(
+        self, event: ChatEvent, result: GuardResult, key: str, cache_hit: bool, timings: dict[str, float]
+    ) -> Verdict:
+        if cache_hit:
+            self.metrics.cache_hits.inc()
+        return ok_verdict(event, result, self.model, self.settings.guard.policy_version, key, cache_hit, timings)
+
+    def _failure(
+        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, exc: GuardstreamError, timings: dict[str, float]
+    ) -> tuple[Verdict, DeadLetter]:
+        log.warning("event_failed", event_id=event.event_id, code=exc.code, error=str(exc), retriable=exc.retriable)
+        verdict = error_verdict(event, exc, self.model, self.settings.guard.policy_version, timings)
+        return verdict, dead_letter(_source(record), record.value, exc, event.event_id)
+
+    async def _publish(
+        self, record: ConsumerRecord[bytes, bytes], verdict: Verdict | None, letter: DeadLetter | None
+    ) -> None:
+        """Produce the answer, retrying until the broker takes it; only then is the offset answered."""
+        attempt = 0
+        while True:
+            try:
+                with self.metrics.stage_seconds.labels("emit").time():
+                    if letter is not None:
+                        await self.emitter.dead_letter(letter, record.key)
+                    if verdict is not None:
+                        await self.emitter.verdict(verdict, record.key)
+                break
+            except KafkaError as exc:
+                attempt += 1
+                log.error("emit_failed", offset=record.offset, partition=record.partition, attempt=attempt, error=str(exc))
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        self.tracker.answered(TopicPartition(record.topic, record.partition), record.offset)
+        if letter is not None:
+            self.metrics.dead_letters.labels(letter.reason).inc()
+        if verdict is not None:
+            self.metrics.verdicts_out.labels(verdict.status.value, str(verdict.request_harmful)).inc()
+            if self.on_verdict:
+                self.on_verdict(verdict)
+
+    # -- offsets and flow control ------------------------------------------------------------
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit the answered prefix of each partition we own (shielded: a cancel cannot cut it)."""
+        self._last_commit = time.monotonic()
+        owned = self.consumer.assignment() if partitions is None else partitions
+        points = self.tracker.to_commit(owned)
+        if not points:
+            return
+        try:
+            await asyncio.shield(self.consumer.commit(dict(points.items())))
+        except KafkaError as exc:
+            log.warning("commit_failed", error=f"{type(exc).__name__}: {exc}", partitions=len(points))
+            return
+        self.tracker.committed(points)
+        self.metrics.commits.inc()
+        log.debug("committed", offsets={str(tp): off for tp, off in points.items()})
+
+    def _apply_backpressure(self) -> None:
+        in_flight = self.tracker.unanswered_count()
+        self.metrics.in_flight.set(in_flight)
+        limit = self.settings.batch.max_in_flight_events
+        if in_flight >= limit:
+            self.consumer.pause(*self.consumer.assignment())
+            if not self._paused:
+                log.info("backpressure_pause", in_flight=in_flight, limit=limit)
+            self._paused = True
+        elif self._paused and in_flight <= limit // 2:
+            self.consumer.resume(*self.consumer.paused())
+            self._paused = False
+            log.info("backpressure_resume", in_flight=in_flight)
+        self.metrics.paused.set(int(self._paused))
+
+    async def _observe_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await self.consumer.position(tp)
+            except KafkaError:
+                continue
+            self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _source(record: ConsumerRecord[bytes, bytes]) -> SourceRef:
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset, key=key)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
