@@ -12,6 +12,7 @@ from workers.settings import LimitSettings
 
 
 def decode_event(value: bytes | None, limits: LimitSettings) -> ChatEvent:
+    """Raise DecodeError or SchemaError (no event to answer: dead letter only)."""
     if value is None:
         raise DecodeError("record has no value (tombstone)")
     if len(value) > limits.max_record_bytes:
@@ -25,11 +26,11 @@ def decode_event(value: bytes | None, limits: LimitSettings) -> ChatEvent:
     except ValidationError as exc:
         errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors())
         raise SchemaError(f"not a valid ChatEvent: {errors}") from exc
-    check_limits(event, limits)
     return event
 
 
 def check_limits(event: ChatEvent, limits: LimitSettings) -> None:
+    """Raise LimitError for a valid event over a limit (it is answered with an error verdict too)."""
     if len(event.text) > limits.max_text_chars:
         raise LimitError(f"text is {len(event.text)} characters, limit {limits.max_text_chars}")
     if event.response is not None and len(event.response) > limits.max_response_chars:

@@ -136,7 +136,7 @@ class ImageFetcher:
         while True:
             try:
                 return await asyncio.wait_for(self._get(location, uri), self.settings.timeout_s)
-            except (TimeoutError, StoreError) as exc:
+            except (TimeoutError, OSError, StoreError) as exc:
                 error = self._classify(exc, uri)
             if not error.retriable or attempt >= self.settings.max_attempts:
                 raise error
@@ -159,9 +159,9 @@ class ImageFetcher:
 
     @staticmethod
     def _classify(exc: BaseException, uri: str) -> FetchError:
-        if isinstance(exc, NotFoundError):
+        if isinstance(exc, (NotFoundError, FileNotFoundError)):  # obstore raises the builtin for a 404
             return ImageNotFound(f"{uri}: not found")
-        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError, PermissionError)):
             return ImageNotAllowed(f"{uri}: access denied by the store")
         if isinstance(exc, TimeoutError):
             return FetchUnavailable(f"{uri}: timed out")

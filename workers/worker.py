@@ -22,7 +22,7 @@ from workers.batcher import MicroBatcher
 from workers.cache import NoCache, RedisCache, ResultCache, cache_key
 from workers.commit import OffsetTracker
 from workers.content_key import content_key
-from workers.decode import decode_event
+from workers.decode import check_limits, decode_event
 from workers.emit import Emitter, dead_letter, error_verdict, ok_verdict
 from workers.errors import BackendError, GuardstreamError, InputError
 from workers.fetch import FetchedImage, ImageFetcher
@@ -178,6 +178,11 @@ class Worker:
                 event = decode_event(record.value, self.settings.limits)
             except InputError as exc:
                 self._spawn(self._publish(record, None, dead_letter(_source(record), record.value, exc, None)))
+                continue
+            try:
+                check_limits(event, self.settings.limits)
+            except InputError as exc:
+                self._spawn(self._publish(record, *self._failure(record, event, exc, {})))
                 continue
             digests = [ref.sha256 for ref in event.images]
             key = self._content_key(event, digests) if all(digests) else None  # type: ignore[arg-type]

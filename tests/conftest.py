@@ -1,0 +1,192 @@
+"""Fixtures that start the real parts: a Tansu broker, a Redis server, moto's S3 server, the lite guard.
+
+Everything listens on 127.0.0.1. Each test gets its own topic prefix, consumer group and cache key prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+from moto.server import ThreadedMotoServer
+
+from schemas.events import Verdict
+from topics.admin import create_topics
+from topics.local_broker import LocalBroker, free_loopback_port
+from topics.registry import TopicNames, topic_specs
+from workers.guard.lite import LiteGuard
+from workers.settings import (
+    BatchSettings,
+    CacheSettings,
+    FetchSettings,
+    GuardSettings,
+    KafkaSettings,
+    ObservabilitySettings,
+    WorkerSettings,
+)
+from workers.worker import Worker
+
+from tests.kafka_io import read_topic
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as local:
+        yield local
+
+
+@dataclass
+class RedisServer:
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    port: int | None = None
+
+    def kill(self) -> None:
+        assert self.process is not None, "only a server the tests started can be killed"
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> None:
+        assert self.port is not None
+        self.process = start_redis_process(self.port)
+
+
+def start_redis_process(port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH: install Redis 7 (apt-get install redis-server)")
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            if client.ping():
+                return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not answer on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's Redis on 127.0.0.1:6379 if it answers; otherwise one the tests start."""
+    try:
+        if redis.Redis.from_url(DEFAULT_REDIS, socket_timeout=0.5).ping():
+            return DEFAULT_REDIS
+    except redis.ConnectionError:
+        pass
+    port = free_loopback_port()
+    start_redis_process(port)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis server this test owns, so it can kill it."""
+    port = free_loopback_port()
+    server = RedisServer(url=f"redis://127.0.0.1:{port}/0", process=start_redis_process(port), port=port)
+    yield server
+    if server.process and server.process.poll() is None:
+        server.kill()
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str
+    bucket: str
+    client: object
+
+    def put(self, key: str, body: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)  # type: ignore[attr-defined]
+        return f"s3://{self.bucket}/{key}"
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket="images")
+    yield S3(endpoint=endpoint, bucket="images", client=client)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def lite_guard() -> LiteGuard:
+    return LiteGuard.from_settings(GuardSettings())
+
+
+@pytest.fixture
+async def topics(broker: LocalBroker) -> TopicNames:
+    names = TopicNames(f"t-{uuid.uuid4().hex[:10]}.")
+    await create_topics(broker.bootstrap_servers, topic_specs(names, partitions=PARTITIONS))
+    return names
+
+
+@pytest.fixture
+def settings(broker: LocalBroker, redis_url: str, s3: S3, topics: TopicNames, tmp_path: Path) -> WorkerSettings:
+    return WorkerSettings(
+        kafka=KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            topic_prefix=topics.prefix,
+            group_id=f"g-{topics.prefix}",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            commit_interval_ms=200,
+        ),
+        fetch=FetchSettings(
+            file_root=tmp_path,
+            s3_endpoint=s3.endpoint,
+            s3_access_key_id="test",
+            s3_secret_access_key="test",
+            s3_allow_http=True,
+            timeout_s=2.0,
+            backoff_base_s=0.01,
+        ),
+        cache=CacheSettings(redis_url=redis_url, key_prefix=f"test-{topics.prefix}", socket_timeout_s=0.3,
+                            retry_after_s=0.5),
+        batch=BatchSettings(max_batch=8, max_wait_ms=10),
+        observability=ObservabilitySettings(health_port=None),
+        drain_timeout_s=10,
+    )
+
+
+@asynccontextmanager
+async def running_worker(settings: WorkerSettings, backend: object, **kwargs: object) -> AsyncIterator[Worker]:
+    """A worker running in this event loop; stopped (drain and commit) on exit."""
+    worker = Worker(settings, backend=backend, **kwargs)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    try:
+        while not worker.ready:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        yield worker
+    finally:
+        worker.stop()
+        await task
+
+
+async def verdicts_for(settings: WorkerSettings, count: int, timeout_s: float = 60) -> list[Verdict]:
+    records = await read_topic(settings.kafka.bootstrap_servers, TopicNames(settings.kafka.topic_prefix).verdicts,
+                               count, timeout_s)
+    return [Verdict.model_validate_json(r.value) for r in records]

@@ -1,0 +1,95 @@
+"""Kill a worker process mid-stream (SIGKILL: no drain, no final commit) and restart one.
+
+What is committed must never pass an unanswered offset, and after the restart every event has a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.events import ChatEvent, Verdict
+from tests.conftest import PARTITIONS, running_worker, verdicts_for
+from tests.factories import BENIGN, HARMFUL, event
+from tests.kafka_io import read_topic
+from topics.io import produce_events
+from workers.settings import WorkerSettings
+
+EVENTS = 400
+
+
+def settings_env(settings: WorkerSettings) -> dict[str, str]:
+    """The settings as GUARDSTREAM_* variables, as an operator would pass them."""
+    env: dict[str, str] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}__{key.upper()}" if prefix else key.upper(), inner)
+        elif value is not None:
+            env[f"GUARDSTREAM_{prefix}"] = json.dumps(value) if isinstance(value, list | bool) else str(value)
+
+    walk("", settings.model_dump(mode="json"))
+    return env
+
+
+async def committed_offsets(settings: WorkerSettings) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=settings.kafka.group_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = f"{settings.kafka.topic_prefix}chat.events"
+        out = {}
+        for p in range(PARTITIONS):
+            offset = await consumer.committed(TopicPartition(topic, p))
+            out[p] = offset if offset is not None else 0
+        return out
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.slow
+async def test_killed_worker_commits_no_unanswered_offset_and_restart_answers_all(
+    settings: WorkerSettings, lite_guard
+) -> None:
+    settings.batch.max_batch = 4
+    settings.batch.max_in_flight_events = 64
+    settings.observability.health_port = 0
+    topic = f"{settings.kafka.topic_prefix}chat.events"
+    texts = BENIGN + HARMFUL
+    events = [event(f"{texts[i % len(texts)]} (message {i})", conversation=f"c{i % 13}") for i in range(EVENTS)]
+    await produce_events(settings.kafka.bootstrap_servers, topic, events)
+
+    env = {**os.environ, **settings_env(settings), "GUARDSTREAM_OBSERVABILITY__LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env)
+    try:
+        await verdicts_for(settings, 40, timeout_s=120)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    commits = await committed_offsets(settings)
+    inputs = await read_topic(settings.kafka.bootstrap_servers, topic, EVENTS)
+    answered = {v.event_id for v in await verdicts_for(settings, 40)}
+    position = {ChatEvent.model_validate_json(r.value).event_id: (r.partition, r.offset) for r in inputs}
+    assert len(answered) < EVENTS, "the worker finished before it was killed: nothing was tested"
+    unanswered_offsets: dict[int, list[int]] = defaultdict(list)
+    for event_id, (partition, offset) in position.items():
+        if event_id not in answered:
+            unanswered_offsets[partition].append(offset)
+    for partition, offset in commits.items():
+        assert all(offset <= o for o in unanswered_offsets[partition]), (partition, offset)
+    assert sum(commits.values()) > 0, "nothing was committed before the kill: the invariant was not exercised"
+
+    async with running_worker(settings, lite_guard):
+        verdicts: list[Verdict] = await verdicts_for(settings, EVENTS, timeout_s=120)
+        while {v.event_id for v in verdicts} != set(position):
+            verdicts = await verdicts_for(settings, len(verdicts) + 1, timeout_s=120)
+    assert {v.event_id for v in verdicts} == set(position)
