@@ -165,7 +165,7 @@ def settings(broker: LocalBroker, redis_url: str, s3: S3, topics: TopicNames, tm
         cache=CacheSettings(redis_url=redis_url, key_prefix=f"test-{topics.prefix}", socket_timeout_s=0.3,
                             retry_after_s=0.5),
         batch=BatchSettings(max_batch=8, max_wait_ms=10),
-        observability=ObservabilitySettings(health_port=None),
+        observability=ObservabilitySettings(health_enabled=False),
         drain_timeout_s=10,
     )
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,7 +17,13 @@ from pydantic_settings import (
 CONFIG_FILE_ENV = "GUARDSTREAM_CONFIG_FILE"
 
 
-class KafkaSettings(BaseModel):
+class Section(BaseModel):
+    """A group of settings; a misspelt key is an error, not a silently ignored value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = ""
     group_id: str = "guardstream-workers"
@@ -30,7 +36,7 @@ class KafkaSettings(BaseModel):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(Section):
     """Explicit limits on what one event may contain; beyond them the event is refused, not truncated."""
 
     max_record_bytes: int = Field(1_048_576, ge=1)
@@ -39,7 +45,7 @@ class LimitSettings(BaseModel):
     max_images: int = Field(4, ge=0)
 
 
-class FetchSettings(BaseModel):
+class FetchSettings(Section):
     """Image fetching: where images may come from, and how much of them is accepted."""
 
     file_root: Path | None = None
@@ -58,7 +64,7 @@ class FetchSettings(BaseModel):
     concurrency: int = Field(16, ge=1)
 
 
-class CacheSettings(BaseModel):
+class CacheSettings(Section):
     enabled: bool = True
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "guardstream"
@@ -67,14 +73,14 @@ class CacheSettings(BaseModel):
     retry_after_s: float = Field(2.0, ge=0, description="after a Redis error, skip Redis this long")
 
 
-class BatchSettings(BaseModel):
+class BatchSettings(Section):
     max_batch: int = Field(16, ge=1)
     max_wait_ms: int = Field(20, ge=0)
     max_batches_in_flight: int = Field(2, ge=1)
     max_in_flight_events: int = Field(512, ge=1, description="above this, partitions are paused")
 
 
-class GuardSettings(BaseModel):
+class GuardSettings(Section):
     backend: str = "lite"
     model_name: str = "guardstream-lite"
     model_version: str = "1"
@@ -88,11 +94,12 @@ class GuardSettings(BaseModel):
     lite_threads: int = Field(2, ge=1)
 
 
-class ObservabilitySettings(BaseModel):
+class ObservabilitySettings(Section):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
+    health_enabled: bool = True
     health_host: str = "127.0.0.1"
-    health_port: int | None = Field(9464, description="None disables the health and metrics server")
+    health_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
 
 
 class WorkerSettings(BaseSettings):

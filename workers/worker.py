@@ -125,7 +125,7 @@ class Worker:
         self.consumer.subscribe([self.topics.events], listener=_CommitOnRevoke(self))
         self.batcher.start()
         obs = s.observability
-        if obs.health_port is not None:
+        if obs.health_enabled:
             self.health = HealthServer(obs.health_host, obs.health_port, self.metrics.registry, lambda: self.ready)
             await self.health.start()
         self._started = True

@@ -61,7 +61,6 @@ async def test_killed_worker_commits_no_unanswered_offset_and_restart_answers_al
 ) -> None:
     settings.batch.max_batch = 4
     settings.batch.max_in_flight_events = 64
-    settings.observability.health_port = 0
     topic = f"{settings.kafka.topic_prefix}chat.events"
     texts = BENIGN + HARMFUL
     events = [event(f"{texts[i % len(texts)]} (message {i})", conversation=f"c{i % 13}") for i in range(EVENTS)]

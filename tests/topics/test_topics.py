@@ -1,0 +1,69 @@
+"""Topic creation and checks, produce and tail, and the CLI, against the real broker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.factories import event
+from tests.kafka_io import read_topic
+from topics.admin import check_topics, create_topics
+from topics.io import InvalidInputLine, read_events
+from topics.local_broker import LocalBroker
+from topics.registry import TopicNames, topic_specs
+from workers.cli import app
+
+
+async def test_create_is_idempotent_and_check_sees_the_partitions(broker: LocalBroker) -> None:
+    names = TopicNames(f"c-{uuid.uuid4().hex[:8]}.")
+    specs = topic_specs(names, partitions=3)
+    before = await check_topics(broker.bootstrap_servers, specs)
+    assert [c.describe() for c in before] == ["missing"] * len(specs)
+    assert sorted(await create_topics(broker.bootstrap_servers, specs)) == sorted(s.name for s in specs)
+    assert await create_topics(broker.bootstrap_servers, specs) == []
+    after = await check_topics(broker.bootstrap_servers, specs)
+    assert all(c.ok for c in after)
+    wrong = await check_topics(broker.bootstrap_servers, topic_specs(names, partitions=5))
+    assert wrong[0].describe() == "has 3 partitions, expected 5"
+
+
+def test_the_cli_creates_checks_produces_and_exports(broker: LocalBroker, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = f"cli-{uuid.uuid4().hex[:8]}."
+    monkeypatch.setenv("GUARDSTREAM_KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+    monkeypatch.setenv("GUARDSTREAM_KAFKA__TOPIC_PREFIX", prefix)
+    runner = CliRunner()
+    assert runner.invoke(app, ["topics", "check", "--partitions", "2"]).exit_code == 1
+    created = runner.invoke(app, ["topics", "create", "--partitions", "2"])
+    assert created.exit_code == 0 and f"{prefix}chat.events: created" in created.output
+    assert runner.invoke(app, ["topics", "check", "--partitions", "2"]).exit_code == 0
+    events = [event("hello"), event("world")]
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(e.model_dump_json() for e in events) + "\n")
+    produced = runner.invoke(app, ["produce", str(source)])
+    assert produced.exit_code == 0 and "published 2 events" in produced.output
+    exported = runner.invoke(app, ["schemas", "export", str(tmp_path / "schemas")])
+    assert exported.exit_code == 0 and (tmp_path / "schemas" / "Verdict.schema.json").exists()
+
+
+async def test_produced_events_arrive_keyed_by_conversation(broker: LocalBroker, tmp_path: Path) -> None:
+    names = TopicNames(f"p-{uuid.uuid4().hex[:8]}.")
+    await create_topics(broker.bootstrap_servers, topic_specs(names, partitions=2))
+    from topics.io import produce_events
+
+    events = [event("one", conversation="conv-a"), event("two", conversation="conv-b")]
+    await produce_events(broker.bootstrap_servers, names.events, events)
+    records = await read_topic(broker.bootstrap_servers, names.events, 2)
+    assert sorted(r.key for r in records) == [b"conv-a", b"conv-b"]
+    assert sorted(json.loads(r.value)["text"] for r in records) == ["one", "two"]
+
+
+def test_a_bad_line_in_a_produce_file_names_its_line(tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    source.write_text(event("fine").model_dump_json() + "\n" + '{"event_id": "x"}\n')
+    with pytest.raises(InvalidInputLine, match="events.jsonl:2"):
+        read_events(source)

