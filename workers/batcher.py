@@ -1,6 +1,7 @@
 """Step 5: the micro-batcher. A batch closes at `max_batch` items or `max_wait_ms` after its first item,
-whichever comes first; at most `max_batches_in_flight` batches run at once, and a full pipeline makes
-`submit` wait (the worker pauses partitions before that happens, so nothing is ever dropped).
+whichever comes first; at most `max_batches_in_flight` batches run at once, and items wait in the queue
+meanwhile. The queue is bounded by the worker, which pauses its partitions above `max_in_flight_events`:
+input waits in Kafka, never in memory without limit, and nothing is dropped.
 """
 
 from __future__ import annotations

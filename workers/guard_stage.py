@@ -44,17 +44,18 @@ class GuardStage:
             return exc
 
     async def _with_retries(self, requests: list[GuardRequest], attempts: int) -> list[GuardResult]:
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
             try:
                 return await self._call(requests)
             except BackendError as exc:
-                if attempt == attempts:
+                if attempt >= attempts:
                     raise
                 delay = self.settings.backoff_base_s * 2 ** (attempt - 1)
                 self.metrics.backend_retries.inc()
                 log.warning("backend_retry", attempt=attempt, code=exc.code, error=str(exc), delay_s=delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def _call(self, requests: list[GuardRequest]) -> list[GuardResult]:
         try:

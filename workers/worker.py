@@ -79,6 +79,7 @@ class Worker:
         self._started = False
         self._paused = False
         self._last_commit = 0.0
+        self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self.health: HealthServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -92,8 +93,8 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self.start()
         try:
+            await self.start()
             while not self._stopping.is_set():
                 await self._poll_iteration()
         finally:
@@ -101,10 +102,12 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
-        if self._backend is None:
+        if self._backend is None:  # what the worker creates it closes; what it is given, its owner closes
             self._backend = await asyncio.to_thread(load_backend, s.guard)
+            self._closers.insert(0, self._backend.close)
         if self._cache is None:
             self._cache = RedisCache(s.cache, self.metrics) if s.cache.enabled else NoCache()
+            self._closers.insert(0, self._cache.close)
         self.guard = GuardStage(self._backend, s.guard, self.metrics)
         self.batcher: MicroBatcher[tuple[str, GuardRequest], Outcome] = MicroBatcher(
             self._run_batch, s.batch.max_batch, s.batch.max_wait_ms, s.batch.max_batches_in_flight
@@ -120,10 +123,13 @@ class Worker:
             heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
         )
         await self.producer.start()
+        self._closers.insert(0, self.producer.stop)
         self.emitter = Emitter(self.producer, self.topics)
         await self.consumer.start()
+        self._closers.insert(0, self.consumer.stop)
         self.consumer.subscribe([self.topics.events], listener=_CommitOnRevoke(self))
         self.batcher.start()
+        self._closers.insert(0, self.batcher.close)
         obs = s.observability
         if obs.health_enabled:
             self.health = HealthServer(obs.health_host, obs.health_port, self.metrics.registry, lambda: self.ready)
@@ -143,13 +149,8 @@ class Worker:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        if self._started:
-            await self.batcher.close()
-            await self.consumer.stop()
-            await self.producer.stop()
-            assert self._cache is not None and self._backend is not None
-            await self._cache.close()
-            await self._backend.close()
+        for closing in self._closers:  # whatever start() got to, in reverse order
+            await closing()
         if self.health:
             await self.health.stop()
         log.info("worker_stopped", abandoned=len(pending))

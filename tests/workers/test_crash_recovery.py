@@ -92,3 +92,25 @@ async def test_killed_worker_commits_no_unanswered_offset_and_restart_answers_al
         while {v.event_id for v in verdicts} != set(position):
             verdicts = await verdicts_for(settings, len(verdicts) + 1, timeout_s=120)
     assert {v.event_id for v in verdicts} == set(position)
+
+
+@pytest.mark.slow
+async def test_sigterm_drains_commits_and_exits_cleanly(settings: WorkerSettings) -> None:
+    settings.kafka.commit_interval_ms = 600_000  # only the shutdown commit can make the offsets below
+    topic = f"{settings.kafka.topic_prefix}chat.events"
+    events = [event(f"{BENIGN[i % len(BENIGN)]} (note {i})", conversation=f"c{i % 5}") for i in range(60)]
+    await produce_events(settings.kafka.bootstrap_servers, topic, events)
+    env = {**os.environ, **settings_env(settings), "GUARDSTREAM_OBSERVABILITY__LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env)
+    try:
+        verdicts = await verdicts_for(settings, len(events), timeout_s=120)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=60)
+    assert returncode == 0
+    assert {v.event_id for v in verdicts} == {e.event_id for e in events}
+    inputs = await read_topic(settings.kafka.bootstrap_servers, topic, len(events))
+    ends: dict[int, int] = defaultdict(int)
+    for record in inputs:
+        ends[record.partition] = max(ends[record.partition], record.offset + 1)
+    assert await committed_offsets(settings) == {p: ends.get(p, 0) for p in range(PARTITIONS)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from tests.conftest import running_worker, verdicts_for
 from tests.factories import event
@@ -29,3 +30,17 @@ async def test_health_readiness_and_metrics_are_served(settings: WorkerSettings,
         worker.stop()
         async with http.get(f"{base}/readyz") as response:
             assert response.status == 503
+
+
+async def test_a_worker_that_cannot_reach_its_broker_fails_with_the_broker_error(settings: WorkerSettings,
+                                                                                 lite_guard) -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    from topics.local_broker import free_loopback_port
+    from workers.worker import Worker
+
+    settings.kafka.bootstrap_servers = f"127.0.0.1:{free_loopback_port()}"  # nothing listens there
+    worker = Worker(settings, backend=lite_guard)
+    with pytest.raises(KafkaConnectionError):
+        await worker.run()
+    assert not worker.ready
