@@ -52,6 +52,7 @@ class Result:
     events: int
     seconds: float
     cache_hits: int
+    shared: int
     batches: int
 
     @property
@@ -104,12 +105,12 @@ async def run_once(name: str, broker: LocalBroker, guard: LiteGuard, events: lis
     await runner
     value = metrics.registry.get_sample_value
     return Result(name, len(events), seconds, int(value("guardstream_cache_hits_total") or 0),
-                  int(value("guardstream_batch_size_count") or 0))
+                  int(value("guardstream_singleflight_joins_total") or 0), int(value("guardstream_batch_size_count") or 0))
 
 
 async def main(count: int) -> list[Result]:
     configure_logging("console", "warning")
-    console = Console()
+    console = Console(width=max(Console().width, 130))
     guard = LiteGuard.from_settings(GuardSettings())
     await guard.moderate([])  # load everything before the clock runs
     plain = make_events(count, 0.0)
@@ -129,11 +130,11 @@ async def main(count: int) -> list[Result]:
 def report(console: Console, results: list[Result], cache: str) -> None:
     base = results[0].rate
     table = Table(title=f"worker throughput, lite guard, local Tansu broker (cache: {cache})")
-    for column in ("run", "events", "seconds", "events/s", "× baseline", "guard batches", "cache hits"):
+    for column in ("run", "events", "seconds", "events/s", "× baseline", "guard batches", "cache hits", "shared"):
         table.add_column(column)
     for r in results:
         table.add_row(r.name, str(r.events), f"{r.seconds:.2f}", f"{r.rate:.1f}", f"{r.rate / base:.2f}",
-                      str(r.batches), str(r.cache_hits))
+                      str(r.batches), str(r.cache_hits), str(r.shared))
     console.print(table)
     OUT.mkdir(exist_ok=True)
     rows = [{**asdict(r), "events_per_s": r.rate, "ratio": r.rate / base} for r in results]

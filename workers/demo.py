@@ -79,7 +79,7 @@ async def wait_for(collected: Collected, ids: set[str], progress: Progress, labe
 
 async def run_demo(count: int, show: int) -> None:
     configure_logging("console", "warning")
-    console = Console()
+    console = Console(width=max(Console().width, 130))
     run_id = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="guardstream-demo-") as tmp, LocalBroker() as broker:
         images = write_demo_images(Path(tmp))
@@ -101,8 +101,10 @@ async def run_demo(count: int, show: int) -> None:
         with console.status("loading the lite guard (MiniLM + open_nsfw)…"):
             started = time.monotonic()
             runner = asyncio.create_task(worker.run())
-            while not worker.ready and not runner.done():
-                await asyncio.sleep(0.1)
+            while not (worker.ready and worker.consumer.assignment()) and not runner.done():
+                await asyncio.sleep(0.1)  # the group join is start-up, not throughput
+            if runner.done():
+                runner.result()
         console.print(f"worker ready in {time.monotonic() - started:.1f}s "
                       f"(health and metrics on http://127.0.0.1:{worker.health.port if worker.health else '-'}/metrics)")
         first = make_events(count // 2, images, run_id)
@@ -120,18 +122,25 @@ async def run_demo(count: int, show: int) -> None:
                 wave.seconds = time.monotonic() - started
         worker.stop()
         await runner
-    print_verdicts(console, collected, samples, show)
+    print_verdicts(console, collected, samples, pick_rows(waves, show))
     print_summary(console, collected, waves, metrics)
 
 
-def print_verdicts(console: Console, collected: Collected, samples: dict[str, Sample], show: int) -> None:
-    table = Table(title=f"verdicts (first {show} of {len(collected.verdicts)})", show_lines=True)
+def pick_rows(waves: list[Wave], show: int) -> list[str]:
+    """Most rows from the first wave (judged by the guard), the rest from the second (cache hits)."""
+    first, second = ([e.event_id for e in w.events] for w in waves)
+    from_second = min(len(second), max(1, show // 5))
+    return first[: show - from_second] + first[-1:] * (len(first) > show - from_second) + second[:from_second]
+
+
+def print_verdicts(console: Console, collected: Collected, samples: dict[str, Sample], rows: list[str]) -> None:
+    table = Table(title=f"verdicts ({len(rows)} of {len(collected.verdicts)})", show_lines=True)
     for column in ("event", "input", "request", "response", "cache", "reasoning"):
         table.add_column(column, overflow="fold")
-    for event_id in sorted(collected.verdicts)[:show]:
+    for event_id in rows:
         v = collected.verdicts[event_id]
         s = samples[event_id]
-        what = f"[dim]{s.kind}[/]\n{s.text[:60]}" + (f"\n[image {s.image}]" if s.image else "")
+        what = f"[dim]{s.kind}[/]\n{s.text[:90]}" + (f"\n[image {s.image}]" if s.image else "")
         if v.error:
             request, response = f"[yellow]error[/]\n{v.error.code}", "-"
         else:
