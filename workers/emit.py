@@ -12,14 +12,16 @@ from workers.errors import GuardstreamError
 from workers.guard.base import GuardResult
 
 
+def _answering(event: ChatEvent) -> dict[str, str]:
+    return {"event_id": event.event_id, "conversation_id": event.conversation_id, "tenant": event.tenant}
+
+
 def ok_verdict(
     event: ChatEvent, result: GuardResult, model: ModelRef, policy_version: str, key: str, cache_hit: bool,
     timings_ms: dict[str, float],
 ) -> Verdict:
     return Verdict(
-        event_id=event.event_id,
-        conversation_id=event.conversation_id,
-        tenant=event.tenant,
+        **_answering(event),
         status=VerdictStatus.OK,
         request_harmful=result.request_harmful,
         response_harmful=result.response_harmful,
@@ -39,9 +41,7 @@ def error_verdict(
     event: ChatEvent, error: GuardstreamError, model: ModelRef, policy_version: str, timings_ms: dict[str, float]
 ) -> Verdict:
     return Verdict(
-        event_id=event.event_id,
-        conversation_id=event.conversation_id,
-        tenant=event.tenant,
+        **_answering(event),
         status=VerdictStatus.ERROR,
         reasoning=f"not moderated: {error}",
         model=model,
