@@ -99,6 +99,8 @@ class Verdict(WireModel):
     content_key: str | None = None
     cache_hit: bool = False
     decided_by: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     produced_at: datetime = Field(default_factory=utcnow)

@@ -190,3 +190,19 @@ async def verdicts_for(settings: WorkerSettings, count: int, timeout_s: float = 
     records = await read_topic(settings.kafka.bootstrap_servers, TopicNames(settings.kafka.topic_prefix).verdicts,
                                count, timeout_s)
     return [Verdict.model_validate_json(r.value) for r in records]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2.5-VL taught GuardReasoner-VL's output format on tests.tiny_qwen.LESSONS."""
+    from tests.tiny_qwen import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen-trained"), train_steps=150)
+
+
+@pytest.fixture(scope="session")
+def untrained_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny model with random weights: it emits junk, which must become error verdicts."""
+    from tests.tiny_qwen import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen-random"), train_steps=0)

@@ -33,6 +33,8 @@ def ok_verdict(
         content_key=key,
         cache_hit=cache_hit,
         decided_by=result.decided_by,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
         timings_ms=timings_ms,
     )
 

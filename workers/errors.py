@@ -12,8 +12,10 @@
     │   ├── ImageDigestMismatch    bytes do not hash to the declared sha256
     │   ├── ImageDecodeFailed      Pillow cannot read it
     │   └── FetchUnavailable       timeout or store error (retriable)
-    └── BackendError               the guard backend failed (retriable)
-        └── BackendTimeout
+    ├── BackendError               the guard backend failed (retriable)
+    │   ├── BackendTimeout
+    │   └── BackendUnavailable     its dependency or model cannot be loaded (not retriable)
+    └── OutputUnparseable          the model answered, but not in the verdict format (raw text kept)
 
 The DLQ reason, the error verdict's code and the log event all come from `code`.
 """
@@ -83,3 +85,12 @@ class BackendError(GuardstreamError):
 
 class BackendTimeout(BackendError):
     code = "backend_timeout"
+
+
+class BackendUnavailable(BackendError):
+    code = "backend_unavailable"
+    retriable = False
+
+
+class OutputUnparseable(GuardstreamError):
+    code = "output_unparseable"

@@ -11,13 +11,11 @@ import asyncio
 import structlog
 
 from workers.errors import BackendError, BackendTimeout
-from workers.guard.base import GuardBackend, GuardRequest, GuardResult
+from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest
 from workers.metrics import WorkerMetrics
 from workers.settings import GuardSettings
 
 log = structlog.get_logger("guardstream.guard")
-
-Outcome = GuardResult | BackendError
 
 
 class GuardStage:
@@ -26,7 +24,7 @@ class GuardStage:
         self.settings = settings
         self.metrics = metrics
 
-    async def run(self, requests: list[GuardRequest]) -> list[Outcome]:
+    async def run(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
         self.metrics.batch_size.observe(len(requests))
         with self.metrics.stage_seconds.labels("guard").time():
             try:
@@ -37,13 +35,13 @@ class GuardStage:
                 log.warning("batch_failed_isolating", size=len(requests), code=exc.code, error=str(exc))
                 return [await self._single(r) for r in requests]
 
-    async def _single(self, request: GuardRequest) -> Outcome:
+    async def _single(self, request: GuardRequest) -> GuardOutcome:
         try:
             return (await self._with_retries([request], 1))[0]
         except BackendError as exc:
             return exc
 
-    async def _with_retries(self, requests: list[GuardRequest], attempts: int) -> list[GuardResult]:
+    async def _with_retries(self, requests: list[GuardRequest], attempts: int) -> list[GuardOutcome]:
         attempt = 1
         while True:
             try:
@@ -57,7 +55,7 @@ class GuardStage:
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def _call(self, requests: list[GuardRequest]) -> list[GuardResult]:
+    async def _call(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
         try:
             results = await asyncio.wait_for(self.backend.moderate(requests), self.settings.timeout_s)
         except TimeoutError as exc:

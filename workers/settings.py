@@ -88,6 +88,10 @@ class GuardSettings(Section):
     max_attempts: int = Field(3, ge=1)
     backoff_base_s: float = Field(0.2, ge=0)
     timeout_s: float = Field(120.0, gt=0)
+    model_path: Path | None = Field(None, description="local checkpoint folder (transformers, vllm)")
+    max_new_tokens: int = Field(1024, ge=1, description="generation budget; the reference uses 4096")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1…")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     lite_artefact: Path | None = Field(None, description="text head JSON; None uses the one shipped")
     lite_text_threshold: float | None = Field(None, ge=0, le=1, description="None uses the artefact's")
     lite_image_threshold: float = Field(0.8, ge=0, le=1)

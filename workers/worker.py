@@ -24,11 +24,11 @@ from workers.commit import OffsetTracker
 from workers.content_key import content_key
 from workers.decode import check_limits, decode_event
 from workers.emit import Emitter, dead_letter, error_verdict, ok_verdict
-from workers.errors import BackendError, GuardstreamError, InputError
+from workers.errors import GuardstreamError, InputError
 from workers.fetch import FetchedImage, ImageFetcher
-from workers.guard.base import GuardBackend, GuardRequest, GuardResult
+from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardResult
 from workers.guard.registry import load_backend
-from workers.guard_stage import GuardStage, Outcome
+from workers.guard_stage import GuardStage
 from workers.health import HealthServer
 from workers.metrics import WorkerMetrics
 from workers.settings import WorkerSettings
@@ -109,7 +109,7 @@ class Worker:
             self._cache = RedisCache(s.cache, self.metrics) if s.cache.enabled else NoCache()
             self._closers.insert(0, self._cache.close)
         self.guard = GuardStage(self._backend, s.guard, self.metrics)
-        self.batcher: MicroBatcher[tuple[str, GuardRequest], Outcome] = MicroBatcher(
+        self.batcher: MicroBatcher[tuple[str, GuardRequest], GuardOutcome] = MicroBatcher(
             self._run_batch, s.batch.max_batch, s.batch.max_wait_ms, s.batch.max_batches_in_flight
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers, acks="all", linger_ms=5)
@@ -236,11 +236,11 @@ class Worker:
 
     async def _infer(self, key: str, request: GuardRequest) -> GuardResult:
         outcome = await self.batcher.submit((key, request))
-        if isinstance(outcome, BackendError):
+        if isinstance(outcome, GuardstreamError):
             raise outcome
         return outcome
 
-    async def _run_batch(self, items: list[tuple[str, GuardRequest]]) -> list[Outcome]:
+    async def _run_batch(self, items: list[tuple[str, GuardRequest]]) -> list[GuardOutcome]:
         outcomes = await self.guard.run([request for _, request in items])
         await self._store({key: o for (key, _), o in zip(items, outcomes, strict=True) if isinstance(o, GuardResult)})
         return outcomes

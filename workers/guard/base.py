@@ -8,6 +8,8 @@ from typing import Protocol
 
 from PIL import Image
 
+from workers.errors import GuardstreamError
+
 
 @dataclass(frozen=True)
 class GuardRequest:
@@ -24,6 +26,8 @@ class GuardResult:
     decided_by: str
     request_score: float | None = None
     response_score: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -33,11 +37,15 @@ class GuardResult:
         return cls(**json.loads(raw))
 
 
+GuardOutcome = GuardResult | GuardstreamError
+
+
 class GuardBackend(Protocol):
-    """moderate() answers every request, in order; a failure of the whole call raises BackendError."""
+    """moderate() answers every request, in order: a result, or the error of that one item (an output
+    that does not parse, say). A failure of the whole call raises (BackendError or any exception)."""
 
     name: str
 
-    async def moderate(self, requests: list[GuardRequest]) -> list[GuardResult]: ...
+    async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]: ...
 
     async def close(self) -> None: ...

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.guard.base import GuardRequest, GuardResult
+from workers.guard.base import GuardOutcome, GuardRequest, GuardResult
 from workers.settings import GuardSettings
 
 DEFAULT_ARTEFACT = "lite_text_head.json"
@@ -86,8 +86,8 @@ class LiteGuard:
         nsfw = NSFWClassifier(intra_op_num_threads=settings.lite_threads)
         return cls(head, load_embedder(settings.lite_threads), nsfw, text_threshold, settings.lite_image_threshold)
 
-    async def moderate(self, requests: list[GuardRequest]) -> list[GuardResult]:
-        return await asyncio.to_thread(self.moderate_sync, requests)
+    async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
+        return list(await asyncio.to_thread(self.moderate_sync, requests))
 
     async def close(self) -> None:
         return None

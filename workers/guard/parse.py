@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.errors import OutputUnparseable
+from workers.guard.base import GuardOutcome, GuardResult
+
 _LABEL = {"harmful": True, "unharmful": False, "harmless": False, "none": False}
 _REQUEST = re.compile(r"Request:\s*(harmful|unharmful|none|harmless)\b", re.IGNORECASE)
 _RESPONSE = re.compile(r"Response:\s*(harmful|unharmful|none|harmless)\b", re.IGNORECASE)
@@ -55,3 +58,26 @@ def parse_output(text: str, has_response: bool, reasoning: str | None = None) ->
         return ParsedOutput(ParseStatus.AMBIGUOUS, raw, think)
     response_harmful = _LABEL[responses[0].lower()] if (responses and has_response) else None
     return ParsedOutput(ParseStatus.OK, raw, think, _LABEL[requests[0].lower()], response_harmful)
+
+
+def outcome_from_output(
+    text: str,
+    has_response: bool,
+    decided_by: str,
+    reasoning: str | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+) -> GuardOutcome:
+    """A reasoning backend's answer for one item: a result, or OutputUnparseable carrying the raw text."""
+    parsed = parse_output(text, has_response, reasoning)
+    if not parsed.ok:
+        return OutputUnparseable(f"{parsed.status.value}; raw output: {parsed.raw!r}")
+    assert parsed.request_harmful is not None
+    return GuardResult(
+        request_harmful=parsed.request_harmful,
+        response_harmful=parsed.response_harmful,
+        reasoning=parsed.reasoning,
+        decided_by=decided_by,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )

@@ -9,6 +9,7 @@ from workers.settings import GuardSettings
 
 BACKENDS: dict[str, str] = {
     "lite": "workers.guard.lite:LiteGuard",
+    "transformers": "workers.guard.hf_transformers:TransformersGuard",
 }
 
 
