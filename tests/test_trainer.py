@@ -29,3 +29,15 @@ def test_a_head_fitted_on_separable_data_scores_it_perfectly() -> None:
     weights, bias = fit_head(x, y)
     scores = TextHead(weights, bias, 0.5).scores(x)
     assert prf(y, scores >= best_threshold(y, scores)) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
+def test_the_cascade_report_counts_settled_items_and_scores_only_those() -> None:
+    from trainer.cascade_report import cascade_rows
+
+    scores = np.array([0.01, 0.5, 0.99, 0.95, 0.04])
+    labels = np.array([False, True, True, False, True])
+    rows = {(r["low"], r["high"]): r for r in cascade_rows(scores, labels, 0.5)}
+    band = rows[(0.05, 0.95)]  # settles 0.01, 0.99, 0.95, 0.04: one false positive, one false negative
+    assert band["settled_share"] == 0.8
+    assert (band["precision"], band["recall"]) == (0.5, 0.5)
+    assert rows[(0.5, 0.5)]["settled_share"] == 1.0

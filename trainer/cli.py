@@ -23,3 +23,14 @@ def lite_head(
     head = train_lite_head(out, threads)
     typer.echo(json.dumps(head.metadata["held_out_metrics"]))
     typer.echo(f"wrote {out}")
+
+
+@app.command("cascade-report")
+def cascade_report(
+    out: Path = typer.Option(Path("bench/out"), help="folder for cascade.json and cascade.png"),
+) -> None:
+    """Share of held-out texts the cascade's lite stage settles, and its F1, per threshold band."""
+    from trainer.cascade_report import cascade_report as run
+
+    for row in run(out):
+        typer.echo(json.dumps(row))

@@ -92,6 +92,9 @@ class GuardSettings(Section):
     max_new_tokens: int = Field(1024, ge=1, description="generation budget; the reference uses 4096")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1…")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cascade_backend: str = Field("transformers", description="the reasoning backend behind the lite stage")
+    cascade_low: float = Field(0.1, ge=0, le=1, description="lite scores below this settle as unharmful")
+    cascade_high: float = Field(0.9, ge=0, le=1, description="lite scores at or above this settle as harmful")
     lite_artefact: Path | None = Field(None, description="text head JSON; None uses the one shipped")
     lite_text_threshold: float | None = Field(None, ge=0, le=1, description="None uses the artefact's")
     lite_image_threshold: float = Field(0.8, ge=0, le=1)

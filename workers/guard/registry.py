@@ -10,6 +10,7 @@ from workers.settings import GuardSettings
 BACKENDS: dict[str, str] = {
     "lite": "workers.guard.lite:LiteGuard",
     "transformers": "workers.guard.hf_transformers:TransformersGuard",
+    "cascade": "workers.guard.cascade:CascadeGuard",
 }
 
 
