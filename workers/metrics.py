@@ -37,3 +37,8 @@ class WorkerMetrics:
         self.paused = Gauge("guardstream_partitions_paused", "1 while partitions are paused", registry=r)
         self.lag = Gauge("guardstream_consumer_lag", "Highwater minus position", ["partition"], registry=r)
         self.commits = Counter("guardstream_commits", "Offset commits", registry=r)
+        self.model_info = Gauge("guardstream_model_info", "The model served (1)", ["name", "version", "backend"],
+                                registry=r)
+        self.model_switches = Counter("guardstream_model_switches", "Model releases switched to", registry=r)
+        self.model_switch_failures = Counter("guardstream_model_switch_failures", "Releases that failed to load",
+                                             registry=r)

@@ -85,6 +85,7 @@ class GuardSettings(Section):
     model_name: str = "guardstream-lite"
     model_version: str = "1"
     policy_version: str = "1"
+    follow_releases: bool = Field(True, description="switch models on releases in moderation.models")
     max_attempts: int = Field(3, ge=1)
     backoff_base_s: float = Field(0.2, ge=0)
     timeout_s: float = Field(120.0, gt=0)

@@ -16,12 +16,11 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, Verdict
+from schemas.events import ChatEvent, DeadLetter, ModelRef, ModelRelease, SourceRef, Verdict
 from topics.registry import TopicNames
 from workers.batcher import MicroBatcher
-from workers.cache import NoCache, RedisCache, ResultCache, cache_key
+from workers.cache import NoCache, RedisCache, ResultCache
 from workers.commit import OffsetTracker
-from workers.content_key import content_key
 from workers.decode import check_limits, decode_event
 from workers.emit import Emitter, dead_letter, error_verdict, ok_verdict
 from workers.errors import GuardstreamError, InputError
@@ -31,7 +30,9 @@ from workers.guard.registry import load_backend
 from workers.guard_stage import GuardStage
 from workers.health import HealthServer
 from workers.metrics import WorkerMetrics
-from workers.settings import WorkerSettings
+from workers.model_watch import ModelWatcher
+from workers.served_model import ServedModel, release_settings
+from workers.settings import GuardSettings, WorkerSettings
 from workers.singleflight import SingleFlight
 
 log = structlog.get_logger("guardstream.worker")
@@ -68,7 +69,6 @@ class Worker:
         self.topics = TopicNames(settings.kafka.topic_prefix)
         self.metrics = metrics or WorkerMetrics()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self.model = ModelRef(name=settings.guard.model_name, version=settings.guard.model_version)
         self.on_verdict = on_verdict
         self._backend = backend
         self._cache = cache
@@ -108,8 +108,8 @@ class Worker:
         if self._cache is None:
             self._cache = RedisCache(s.cache, self.metrics) if s.cache.enabled else NoCache()
             self._closers.insert(0, self._cache.close)
-        self.guard = GuardStage(self._backend, s.guard, self.metrics)
-        self.batcher: MicroBatcher[tuple[str, GuardRequest], GuardOutcome] = MicroBatcher(
+        self.served = self._serve(self._backend, s.guard)
+        self.batcher: MicroBatcher[tuple[ServedModel, str, GuardRequest], GuardOutcome] = MicroBatcher(
             self._run_batch, s.batch.max_batch, s.batch.max_wait_ms, s.batch.max_batches_in_flight
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers, acks="all", linger_ms=5)
@@ -130,12 +130,16 @@ class Worker:
         self.consumer.subscribe([self.topics.events], listener=_CommitOnRevoke(self))
         self.batcher.start()
         self._closers.insert(0, self.batcher.close)
+        if s.guard.follow_releases:
+            watcher = ModelWatcher(s.kafka.bootstrap_servers, self.topics.models, s.guard.model_name, self.switch_model)
+            self._watch = asyncio.create_task(watcher.run(), name="model-watcher")
+            self._closers.insert(0, self._stop_watching)
         obs = s.observability
         if obs.health_enabled:
             self.health = HealthServer(obs.health_host, obs.health_port, self.metrics.registry, lambda: self.ready)
             await self.health.start()
         self._started = True
-        log.info("worker_started", backend=self._backend.name, cache=self._cache.description,
+        log.info("worker_started", backend=self._backend.name, model=self.served.ref.version, cache=self._cache.description,
                  topic=self.topics.events, group=s.kafka.group_id, health_port=self.health.port if self.health else None)
 
     async def _shutdown(self) -> None:
@@ -154,6 +158,37 @@ class Worker:
         if self.health:
             await self.health.stop()
         log.info("worker_stopped", abandoned=len(pending))
+
+    # -- the served model -------------------------------------------------------------------
+
+    def _serve(self, backend: GuardBackend, guard: GuardSettings) -> ServedModel:
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(guard.model_name, guard.model_version, backend.name).set(1)
+        return ServedModel(backend, GuardStage(backend, guard, self.metrics),
+                           ModelRef(name=guard.model_name, version=guard.model_version),
+                           guard.policy_version, self.settings.cache.key_prefix)
+
+    async def switch_model(self, release: ModelRelease) -> None:
+        """Serve `release` from now on; events already admitted finish on the model they were bound to.
+        A release that cannot be loaded is logged and counted, and the current model stays."""
+        current = self.served.ref
+        if release.version == current.version:
+            return
+        try:
+            guard = release_settings(self.settings.guard, release)
+            backend = await asyncio.to_thread(load_backend, guard)
+        except Exception as exc:
+            self.metrics.model_switch_failures.inc()
+            log.error("model_switch_failed", version=release.version, error=f"{type(exc).__name__}: {exc}")
+            return
+        self.served = self._serve(backend, guard)
+        self._closers.insert(0, backend.close)
+        self.metrics.model_switches.inc()
+        log.info("model_switched", name=release.name, old=current.version, new=release.version, backend=backend.name)
+
+    async def _stop_watching(self) -> None:
+        self._watch.cancel()
+        await asyncio.gather(self._watch, return_exceptions=True)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -174,6 +209,7 @@ class Worker:
     async def _admit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Decode every record, answer cache hits, and start a task for everything else."""
         admitted: list[tuple[ConsumerRecord[bytes, bytes], ChatEvent, str | None]] = []
+        served = self.served  # every event of this poll is bound to the model served now
         for record in records:
             try:
                 event = decode_event(record.value, self.settings.limits)
@@ -183,46 +219,48 @@ class Worker:
             try:
                 check_limits(event, self.settings.limits)
             except InputError as exc:
-                self._spawn(self._publish(record, *self._failure(record, event, exc, {})))
+                self._spawn(self._publish(record, *self._failure(record, event, exc, {}, served)))
                 continue
             digests = [ref.sha256 for ref in event.images]
-            key = self._content_key(event, digests) if all(digests) else None  # type: ignore[arg-type]
+            key = served.content_key(event, digests) if all(digests) else None  # type: ignore[arg-type]
             admitted.append((record, event, key))
         started = time.monotonic()
-        hits = await self._lookup([key for _, _, key in admitted if key])
+        hits = await self._lookup([key for _, _, key in admitted if key], served)
         cache_ms = _ms_since(started)
         for record, event, key in admitted:
             if key and key in hits:
-                verdict = self._verdict(event, hits[key], key, True, {"cache_ms": cache_ms})
+                verdict = self._verdict(event, hits[key], key, True, {"cache_ms": cache_ms}, served)
                 self._spawn(self._publish(record, verdict, None))
             else:
-                self._spawn(self._moderate(record, event, key))
+                self._spawn(self._moderate(record, event, key, served))
 
-    async def _moderate(self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, key: str | None) -> None:
+    async def _moderate(
+        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, key: str | None, served: ServedModel
+    ) -> None:
         timings: dict[str, float] = {}
         started = time.monotonic()
         letter = None
         try:
             images = await self._fetch_images(event, timings)
             if key is None:
-                key = self._content_key(event, [image.sha256 for image in images])
-                cached = await self._lookup([key])
+                key = served.content_key(event, [image.sha256 for image in images])
+                cached = await self._lookup([key], served)
                 if key in cached:
-                    await self._publish(record, self._verdict(event, cached[key], key, True, timings), None)
+                    await self._publish(record, self._verdict(event, cached[key], key, True, timings, served), None)
                     return
             request = GuardRequest(text=event.text, images=[i.image for i in images], response=event.response)
             guard_started = time.monotonic()
-            result, shared = await self._singleflight.do(key, lambda: self._infer(key, request))
+            result, shared = await self._singleflight.do(key, lambda: self._infer(served, key, request))
             timings["guard_ms"] = _ms_since(guard_started)
             if shared:
                 self.metrics.singleflight_joins.inc()
             timings["total_ms"] = _ms_since(started)
-            verdict = self._verdict(event, result, key, False, timings)
+            verdict = self._verdict(event, result, key, False, timings, served)
         except GuardstreamError as exc:
-            verdict, letter = self._failure(record, event, exc, timings)
+            verdict, letter = self._failure(record, event, exc, timings, served)
         except Exception as exc:
             log.exception("moderation_failed_unexpectedly", event_id=event.event_id)
-            verdict, letter = self._failure(record, event, InternalError(f"{type(exc).__name__}: {exc}"), timings)
+            verdict, letter = self._failure(record, event, InternalError(f"{type(exc).__name__}: {exc}"), timings, served)
         await self._publish(record, verdict, letter)
 
     async def _fetch_images(self, event: ChatEvent, timings: dict[str, float]) -> list[FetchedImage]:
@@ -234,56 +272,57 @@ class Worker:
         timings["fetch_ms"] = _ms_since(started)
         return list(images)
 
-    async def _infer(self, key: str, request: GuardRequest) -> GuardResult:
-        outcome = await self.batcher.submit((key, request))
+    async def _infer(self, served: ServedModel, key: str, request: GuardRequest) -> GuardResult:
+        outcome = await self.batcher.submit((served, key, request))
         if isinstance(outcome, GuardstreamError):
             raise outcome
         return outcome
 
-    async def _run_batch(self, items: list[tuple[str, GuardRequest]]) -> list[GuardOutcome]:
-        outcomes = await self.guard.run([request for _, request in items])
-        await self._store({key: o for (key, _), o in zip(items, outcomes, strict=True) if isinstance(o, GuardResult)})
-        return outcomes
+    async def _run_batch(self, items: list[tuple[ServedModel, str, GuardRequest]]) -> list[GuardOutcome]:
+        """Run each model's items on that model (a batch spans two only around a switch)."""
+        outcomes: list[GuardOutcome | None] = [None] * len(items)
+        for served in dict.fromkeys(s for s, _, _ in items):
+            mine = [i for i, (s, _, _) in enumerate(items) if s is served]
+            results = await served.stage.run([items[i][2] for i in mine])
+            for i, outcome in zip(mine, results, strict=True):
+                outcomes[i] = outcome
+            await self._store({items[i][1]: o for i, o in zip(mine, results, strict=True) if isinstance(o, GuardResult)},
+                              served)
+        return outcomes  # type: ignore[return-value]
 
     # -- cache -------------------------------------------------------------------------------
 
-    def _cache_key(self, key: str) -> str:
-        g = self.settings.guard
-        return cache_key(self.settings.cache.key_prefix, g.model_name, g.model_version, g.policy_version, key)
-
-    async def _lookup(self, keys: list[str]) -> dict[str, GuardResult]:
+    async def _lookup(self, keys: list[str], served: ServedModel) -> dict[str, GuardResult]:
         if not keys:
             return {}
         assert self._cache is not None
         unique = list(dict.fromkeys(keys))
         with self.metrics.stage_seconds.labels("cache").time():
-            found = await self._cache.get_many([self._cache_key(k) for k in unique])
-        hits = {k: found[self._cache_key(k)] for k in unique if self._cache_key(k) in found}
+            found = await self._cache.get_many([served.cache_key(k) for k in unique])
+        hits = {k: found[served.cache_key(k)] for k in unique if served.cache_key(k) in found}
         self.metrics.cache_misses.inc(len(unique) - len(hits))
         return hits
 
-    async def _store(self, results: dict[str, GuardResult]) -> None:
+    async def _store(self, results: dict[str, GuardResult], served: ServedModel) -> None:
         assert self._cache is not None
-        await self._cache.put_many({self._cache_key(k): v for k, v in results.items()})
+        await self._cache.put_many({served.cache_key(k): v for k, v in results.items()})
 
     # -- answers -----------------------------------------------------------------------------
 
-    def _content_key(self, event: ChatEvent, digests: list[str]) -> str:
-        g = self.settings.guard
-        return content_key(event.text, event.response, digests, g.model_name, g.model_version, g.policy_version)
-
     def _verdict(
-        self, event: ChatEvent, result: GuardResult, key: str, cache_hit: bool, timings: dict[str, float]
+        self, event: ChatEvent, result: GuardResult, key: str, cache_hit: bool, timings: dict[str, float],
+        served: ServedModel,
     ) -> Verdict:
         if cache_hit:
             self.metrics.cache_hits.inc()
-        return ok_verdict(event, result, self.model, self.settings.guard.policy_version, key, cache_hit, timings)
+        return ok_verdict(event, result, served.ref, served.policy_version, key, cache_hit, timings)
 
     def _failure(
-        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, exc: GuardstreamError, timings: dict[str, float]
+        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, exc: GuardstreamError, timings: dict[str, float],
+        served: ServedModel,
     ) -> tuple[Verdict, DeadLetter]:
         log.warning("event_failed", event_id=event.event_id, code=exc.code, error=str(exc), retriable=exc.retriable)
-        verdict = error_verdict(event, exc, self.model, self.settings.guard.policy_version, timings)
+        verdict = error_verdict(event, exc, served.ref, served.policy_version, timings)
         return verdict, dead_letter(_source(record), record.value, exc, event.event_id)
 
     async def _publish(

@@ -1,0 +1,45 @@
+"""The model a worker serves. Every event is bound to one at admission: its content key, its cache key,
+its batch and its verdict all name that model, so a switch never mixes versions or serves an old
+version's cached answer under a new version's name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from schemas.events import ChatEvent, ModelRef, ModelRelease
+from workers.cache import cache_key
+from workers.content_key import content_key
+from workers.errors import BackendUnavailable
+from workers.guard.base import GuardBackend
+from workers.guard_stage import GuardStage
+from workers.settings import GuardSettings
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    backend: GuardBackend
+    stage: GuardStage
+    ref: ModelRef
+    policy_version: str
+    cache_prefix: str
+
+    def content_key(self, event: ChatEvent, digests: list[str]) -> str:
+        return content_key(event.text, event.response, digests, self.ref.name, self.ref.version, self.policy_version)
+
+    def cache_key(self, key: str) -> str:
+        return cache_key(self.cache_prefix, self.ref.name, self.ref.version, self.policy_version, key)
+
+
+def release_settings(current: GuardSettings, release: ModelRelease) -> GuardSettings:
+    """The guard settings that serve `release`: its backend and version, its artefact as a local path."""
+    parts = urlsplit(release.artefact_uri)
+    if parts.scheme not in ("", "file"):
+        raise BackendUnavailable(f"release {release.version}: only local artefacts are loadable, not {parts.scheme}://")
+    if release.kind == "adapter":
+        raise BackendUnavailable(f"release {release.version}: adapter releases need the vllm backend's LoRA support")
+    path = Path(unquote(parts.path))
+    update: dict[str, object] = {"backend": release.backend, "model_version": release.version}
+    update["lite_artefact" if release.backend == "lite" else "model_path"] = path
+    return current.model_copy(update=update)
