@@ -206,3 +206,29 @@ def untrained_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_qwen import build_tiny_qwen
 
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen-random"), train_steps=0)
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_qwen: Path) -> Iterator[str]:
+    """transformers' OpenAI-compatible server on a loopback port, serving the tiny model."""
+    import os
+    import socket
+    import sys
+
+    port = free_loopback_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.serve_tiny", str(tiny_qwen), str(port)],
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("transformers serve did not start") from None
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}/v1"
+    process.terminate()
+    process.wait(timeout=10)

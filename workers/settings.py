@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -93,6 +93,11 @@ class GuardSettings(Section):
     max_new_tokens: int = Field(1024, ge=1, description="generation budget; the reference uses 4096")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1…")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. a vLLM server's /v1")
+    openai_api_key: SecretStr = Field(SecretStr("none"), description="sent as the bearer token")
+    openai_model: str | None = Field(None, description="model name the server knows; default: MODEL_PATH")
+    openai_concurrency: int = Field(16, ge=1, description="requests in flight to the server")
+    openai_max_retries: int = Field(2, ge=0, description="client retries on connection errors, 429 and 5xx")
     cascade_backend: str = Field("transformers", description="the reasoning backend behind the lite stage")
     cascade_low: float = Field(0.1, ge=0, le=1, description="lite scores below this settle as unharmful")
     cascade_high: float = Field(0.9, ge=0, le=1, description="lite scores at or above this settle as harmful")

@@ -11,6 +11,7 @@ BACKENDS: dict[str, str] = {
     "lite": "workers.guard.lite:LiteGuard",
     "transformers": "workers.guard.hf_transformers:TransformersGuard",
     "cascade": "workers.guard.cascade:CascadeGuard",
+    "openai": "workers.guard.openai_backend:OpenAIGuard",
 }
 
 
