@@ -37,9 +37,21 @@ def release_settings(current: GuardSettings, release: ModelRelease) -> GuardSett
     parts = urlsplit(release.artefact_uri)
     if parts.scheme not in ("", "file"):
         raise BackendUnavailable(f"release {release.version}: only local artefacts are loadable, not {parts.scheme}://")
-    if release.kind == "adapter":
+    if release.kind == "adapter" and release.backend != "vllm":
         raise BackendUnavailable(f"release {release.version}: adapter releases need the vllm backend's LoRA support")
     path = Path(unquote(parts.path))
     update: dict[str, object] = {"backend": release.backend, "model_version": release.version}
-    update["lite_artefact" if release.backend == "lite" else "model_path"] = path
+    target = {"lite": "lite_artefact"}.get(release.backend, "model_path")
+    update["vllm_lora_adapter" if release.kind == "adapter" else target] = path
     return current.model_copy(update=update)
+
+
+def load_release(current: GuardBackend, settings: GuardSettings, release: ModelRelease) -> GuardBackend:
+    """A backend for `release`: an adapter on the running engine where the backend can, else a fresh load."""
+    guard = release_settings(settings, release)
+    with_adapter = getattr(current, "with_adapter", None)
+    if release.kind == "adapter" and with_adapter is not None:
+        return with_adapter(release.version, guard.vllm_lora_adapter)  # type: ignore[no-any-return]
+    from workers.guard.registry import load_backend
+
+    return load_backend(guard)

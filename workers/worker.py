@@ -31,7 +31,7 @@ from workers.guard_stage import GuardStage
 from workers.health import HealthServer
 from workers.metrics import WorkerMetrics
 from workers.model_watch import ModelWatcher
-from workers.served_model import ServedModel, release_settings
+from workers.served_model import ServedModel, load_release, release_settings
 from workers.settings import GuardSettings, WorkerSettings
 from workers.singleflight import SingleFlight
 
@@ -176,7 +176,7 @@ class Worker:
             return
         try:
             guard = release_settings(self.settings.guard, release)
-            backend = await asyncio.to_thread(load_backend, guard)
+            backend = await asyncio.to_thread(load_release, self.served.backend, self.settings.guard, release)
         except Exception as exc:
             self.metrics.model_switch_failures.inc()
             log.error("model_switch_failed", version=release.version, error=f"{type(exc).__name__}: {exc}")

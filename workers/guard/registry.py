@@ -12,6 +12,7 @@ BACKENDS: dict[str, str] = {
     "transformers": "workers.guard.hf_transformers:TransformersGuard",
     "cascade": "workers.guard.cascade:CascadeGuard",
     "openai": "workers.guard.openai_backend:OpenAIGuard",
+    "vllm": "workers.guard.vllm_backend:VLLMGuard",
 }
 
 
