@@ -17,13 +17,15 @@ from workers.guard_stage import GuardStage
 from workers.settings import GuardSettings
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class ServedModel:
     backend: GuardBackend
     stage: GuardStage
     ref: ModelRef
     policy_version: str
     cache_prefix: str
+    owned: bool  # the worker loaded it, so the worker closes it once it is replaced and idle
+    users: int = 0  # events bound to this model and not yet answered
 
     def content_key(self, event: ChatEvent, digests: list[str]) -> str:
         return content_key(event.text, event.response, digests, self.ref.name, self.ref.version, self.policy_version)

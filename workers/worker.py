@@ -102,13 +102,14 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
-        if self._backend is None:  # what the worker creates it closes; what it is given, its owner closes
+        owned = self._backend is None  # what the worker creates it closes; what it is given, its owner closes
+        if self._backend is None:
             self._backend = await asyncio.to_thread(load_backend, s.guard)
-            self._closers.insert(0, self._backend.close)
         if self._cache is None:
             self._cache = RedisCache(s.cache, self.metrics) if s.cache.enabled else NoCache()
             self._closers.insert(0, self._cache.close)
-        self.served = self._serve(self._backend, s.guard)
+        self.served = self._serve(self._backend, s.guard, owned)
+        self._closers.insert(0, self._close_served)
         self.batcher: MicroBatcher[tuple[ServedModel, str, GuardRequest], GuardOutcome] = MicroBatcher(
             self._run_batch, s.batch.max_batch, s.batch.max_wait_ms, s.batch.max_batches_in_flight
         )
@@ -161,12 +162,12 @@ class Worker:
 
     # -- the served model -------------------------------------------------------------------
 
-    def _serve(self, backend: GuardBackend, guard: GuardSettings) -> ServedModel:
+    def _serve(self, backend: GuardBackend, guard: GuardSettings, owned: bool) -> ServedModel:
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(guard.model_name, guard.model_version, backend.name).set(1)
         return ServedModel(backend, GuardStage(backend, guard, self.metrics),
                            ModelRef(name=guard.model_name, version=guard.model_version),
-                           guard.policy_version, self.settings.cache.key_prefix)
+                           guard.policy_version, self.settings.cache.key_prefix, owned)
 
     async def switch_model(self, release: ModelRelease) -> None:
         """Serve `release` from now on; events already admitted finish on the model they were bound to.
@@ -181,10 +182,22 @@ class Worker:
             self.metrics.model_switch_failures.inc()
             log.error("model_switch_failed", version=release.version, error=f"{type(exc).__name__}: {exc}")
             return
-        self.served = self._serve(backend, guard)
-        self._closers.insert(0, backend.close)
+        replaced, self.served = self.served, self._serve(backend, guard, owned=True)
+        if replaced.owned:
+            self._spawn(self._retire(replaced))
         self.metrics.model_switches.inc()
         log.info("model_switched", name=release.name, old=current.version, new=release.version, backend=backend.name)
+
+    async def _retire(self, replaced: ServedModel) -> None:
+        """Close a replaced model once the events bound to it are answered (frees GPU memory)."""
+        while replaced.users:
+            await asyncio.sleep(0.05)
+        await replaced.backend.close()
+        log.info("model_retired", version=replaced.ref.version)
+
+    async def _close_served(self) -> None:
+        if self.served.owned:
+            await self.served.backend.close()
 
     async def _stop_watching(self) -> None:
         self._watch.cancel()
@@ -208,8 +221,15 @@ class Worker:
 
     async def _admit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Decode every record, answer cache hits, and start a task for everything else."""
-        admitted: list[tuple[ConsumerRecord[bytes, bytes], ChatEvent, str | None]] = []
         served = self.served  # every event of this poll is bound to the model served now
+        served.users += 1  # held while this poll is admitted, so a switch cannot retire it under us
+        try:
+            await self._admit_bound(records, served)
+        finally:
+            served.users -= 1
+
+    async def _admit_bound(self, records: list[ConsumerRecord[bytes, bytes]], served: ServedModel) -> None:
+        admitted: list[tuple[ConsumerRecord[bytes, bytes], ChatEvent, str | None]] = []
         for record in records:
             try:
                 event = decode_event(record.value, self.settings.limits)
@@ -232,9 +252,18 @@ class Worker:
                 verdict = self._verdict(event, hits[key], key, True, {"cache_ms": cache_ms}, served)
                 self._spawn(self._publish(record, verdict, None))
             else:
+                served.users += 1  # released when the event is answered
                 self._spawn(self._moderate(record, event, key, served))
 
     async def _moderate(
+        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, key: str | None, served: ServedModel
+    ) -> None:
+        try:
+            await self._moderate_bound(record, event, key, served)
+        finally:
+            served.users -= 1
+
+    async def _moderate_bound(
         self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, key: str | None, served: ServedModel
     ) -> None:
         timings: dict[str, float] = {}

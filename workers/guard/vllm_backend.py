@@ -105,10 +105,11 @@ class VLLMGuard:
         return cls(engine, render, SamplingParams(**sampling_options(settings)), adapter, make_lora)
 
     def with_adapter(self, name: str, path: Path) -> VLLMGuard:
-        """The same engine serving another LoRA adapter (a model switch without reloading weights)."""
+        """The same engine serving another LoRA adapter (a model switch without reloading weights).
+        The engine's ownership moves to the new view: retiring this one must not shut the engine down."""
         other = VLLMGuard(self.engine, self.render, self.sampling_params, Adapter(name, path, next(_lora_ids)),
                           self._make_lora)
-        other._owns_engine = False
+        other._owns_engine, self._owns_engine = self._owns_engine, False
         return other
 
     async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]:

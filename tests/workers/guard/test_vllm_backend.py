@@ -109,7 +109,7 @@ async def test_an_adapter_release_switches_lora_on_the_same_engine(tiny_qwen: Pa
     assert isinstance(switched, VLLMGuard) and switched.engine is engine
     await switched.moderate([GuardRequest("x")])
     assert engine.calls[-1]["lora"][:2] == ("lora", "v2-lora")
-    await switched.close()
-    assert not engine.shut_down  # the adapter's view does not own the engine
     await base.close()
+    assert not engine.shut_down  # the replaced view no longer owns the engine: retiring it keeps the engine up
+    await switched.close()
     assert engine.shut_down
