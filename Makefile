@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/guardstream demo
 
 test: $(STAMP)
+	$(BIN)/ruff check workers schemas topics trainer tests bench
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -21,6 +21,7 @@ import redis
 from moto.server import ThreadedMotoServer
 
 from schemas.events import Verdict
+from tests.kafka_io import read_topic
 from topics.admin import create_topics
 from topics.local_broker import LocalBroker, free_loopback_port
 from topics.registry import TopicNames, topic_specs
@@ -35,8 +36,6 @@ from workers.settings import (
     WorkerSettings,
 )
 from workers.worker import Worker
-
-from tests.kafka_io import read_topic
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 PARTITIONS = 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -37,10 +38,8 @@ async def create_topics(bootstrap_servers: str, specs: list[TopicSpec]) -> list[
         missing = [s for s in specs if s.name not in existing]
         if missing:
             new = [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs) for s in missing]
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was faster
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
         return [s.name for s in missing]
     finally:
         await admin.close()

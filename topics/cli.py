@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -65,7 +66,5 @@ def tail(
         async for item in tail_topic(k.bootstrap_servers, name, from_beginning):
             typer.echo(json.dumps(item, ensure_ascii=False))
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass

@@ -8,6 +8,7 @@ first is judged by the guard, the second repeats it and is answered from the cac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 import uuid
@@ -70,10 +71,8 @@ async def wait_for(collected: Collected, ids: set[str], progress: Progress, labe
             raise TimeoutError(f"{len(ids - collected.verdicts.keys())} events still unanswered after {WAIT_S}s")
         collected.changed.clear()
         progress.update(task, completed=len(ids & collected.verdicts.keys()))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(collected.changed.wait(), 1.0)
-        except TimeoutError:
-            pass
     progress.update(task, completed=len(ids))
 
 

@@ -15,7 +15,8 @@
     ├── BackendError               the guard backend failed (retriable)
     │   ├── BackendTimeout
     │   └── BackendUnavailable     its dependency or model cannot be loaded (not retriable)
-    └── OutputUnparseable          the model answered, but not in the verdict format (raw text kept)
+    ├── OutputUnparseable          the model answered, but not in the verdict format (raw text kept)
+    └── InternalError              a bug in guardstream: logged with its traceback, answered as an error
 
 The DLQ reason, the error verdict's code and the log event all come from `code`.
 """
@@ -94,3 +95,7 @@ class BackendUnavailable(BackendError):
 
 class OutputUnparseable(GuardstreamError):
     code = "output_unparseable"
+
+
+class InternalError(GuardstreamError):
+    code = "internal_error"

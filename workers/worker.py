@@ -23,7 +23,7 @@ from workers.cache import NoCache, RedisCache, ResultCache
 from workers.commit import OffsetTracker
 from workers.decode import check_limits, decode_event
 from workers.emit import Emitter, dead_letter, error_verdict, ok_verdict
-from workers.errors import GuardstreamError, InputError
+from workers.errors import GuardstreamError, InputError, InternalError
 from workers.fetch import FetchedImage, ImageFetcher
 from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardResult
 from workers.guard.registry import load_backend
@@ -36,10 +36,6 @@ from workers.settings import GuardSettings, WorkerSettings
 from workers.singleflight import SingleFlight
 
 log = structlog.get_logger("guardstream.worker")
-
-
-class InternalError(GuardstreamError):
-    code = "internal_error"
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

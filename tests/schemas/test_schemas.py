@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 import schemas
-from schemas.events import SCHEMA_VERSION, ChatEvent, WireModel, ErrorInfo, ModelRef, Verdict, VerdictStatus
+from schemas.events import SCHEMA_VERSION, ChatEvent, ErrorInfo, ModelRef, Verdict, VerdictStatus, WireModel
 from schemas.export import EXPORTED, export_schemas
 
 

@@ -21,7 +21,7 @@ async def test_invalid_records_land_in_the_dlq_with_their_reason(settings: Worke
     raw = [
         (b"k1", b"{not json"),
         (b"k2", b'{"event_id": "x", "conversation_id": "c", "text": "hi", "colour": "red"}'),
-        (b"k3", '{"event_id": "y", "conversation_id": "c", "text": "hi", "schema_version": 99}'.encode()),
+        (b"k3", b'{"event_id": "y", "conversation_id": "c", "text": "hi", "schema_version": 99}'),
         (b"k4", b"\xff\xfe\x00"),
     ]
     failing = {
