@@ -40,5 +40,6 @@ class WorkerMetrics:
         self.model_info = Gauge("guardstream_model_info", "The model served (1)", ["name", "version", "backend"],
                                 registry=r)
         self.model_switches = Counter("guardstream_model_switches", "Model releases switched to", registry=r)
+        self.models_retired = Counter("guardstream_models_retired", "Replaced models closed once idle", registry=r)
         self.model_switch_failures = Counter("guardstream_model_switch_failures", "Releases that failed to load",
                                              registry=r)

@@ -189,6 +189,7 @@ class Worker:
         while replaced.users:
             await asyncio.sleep(0.05)
         await replaced.backend.close()
+        self.metrics.models_retired.inc()
         log.info("model_retired", version=replaced.ref.version)
 
     async def _close_served(self) -> None:
