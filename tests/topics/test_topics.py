@@ -67,3 +67,18 @@ def test_a_bad_line_in_a_produce_file_names_its_line(tmp_path: Path) -> None:
     source.write_text(event("fine").model_dump_json() + "\n" + '{"event_id": "x"}\n')
     with pytest.raises(InvalidInputLine, match="events.jsonl:2"):
         read_events(source)
+
+
+async def test_tail_yields_records_as_json_and_marks_undecodable_ones(broker: LocalBroker) -> None:
+    from topics.io import produce_raw, tail_topic
+
+    names = TopicNames(f"tail-{uuid.uuid4().hex[:8]}.")
+    await create_topics(broker.bootstrap_servers, topic_specs(names, partitions=1))
+    await produce_raw(broker.bootstrap_servers, names.verdicts, [(b"k", b'{"a": 1}'), (b"k", b"\xff not json")])
+    seen = []
+    async for item in tail_topic(broker.bootstrap_servers, names.verdicts, from_beginning=True):
+        seen.append(item)
+        if len(seen) == 2:
+            break
+    assert seen[0] == {"partition": 0, "offset": 0, "value": {"a": 1}}
+    assert seen[1]["offset"] == 1 and "not json" in str(seen[1]["value"])
