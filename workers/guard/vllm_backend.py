@@ -126,7 +126,7 @@ class VLLMGuard:
             async for output in self.engine.generate(engine_prompt(request, self.render), self.sampling_params,
                                                      uuid.uuid4().hex, lora_request=lora):
                 final = output
-        except (RuntimeError, ValueError) as exc:  # engine errors (dead engine, over-long prompt) surface as these
+        except Exception as exc:  # vLLM's EngineGenerateError, EngineDeadError, validation errors: plain Exceptions
             raise BackendError(f"vllm: {type(exc).__name__}: {exc}") from exc
         if final is None or not final.outputs:
             raise BackendError("vllm returned no output")

@@ -25,6 +25,10 @@ from workers.settings import GuardSettings
 ANSWER = "<think>\nStep 1: it asks for a weapon.\n</think>\n<result>\nRequest: harmful\nResponse: none\n</result>"
 
 
+class EngineGenerateError(Exception):
+    """Like vllm.v1.engine.exceptions.EngineGenerateError: a plain Exception, not a RuntimeError."""
+
+
 class StandInEngine:
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -40,7 +44,7 @@ class StandInEngine:
         try:
             await asyncio.sleep(0.02)
             if self.fail:
-                raise RuntimeError("engine dead")
+                raise EngineGenerateError("engine dead")
             yield SimpleNamespace(outputs=[SimpleNamespace(text=ANSWER[:9], token_ids=[0] * 3)], prompt_token_ids=[0] * 7)
             await asyncio.sleep(0.01)
             yield SimpleNamespace(outputs=[SimpleNamespace(text=ANSWER, token_ids=[0] * 30)], prompt_token_ids=[0] * 7)
