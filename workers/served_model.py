@@ -48,9 +48,9 @@ def release_settings(current: GuardSettings, release: ModelRelease) -> GuardSett
     return current.model_copy(update=update)
 
 
-def load_release(current: GuardBackend, settings: GuardSettings, release: ModelRelease) -> GuardBackend:
-    """A backend for `release`: an adapter on the running engine where the backend can, else a fresh load."""
-    guard = release_settings(settings, release)
+def load_release(current: GuardBackend, guard: GuardSettings, release: ModelRelease) -> GuardBackend:
+    """A backend for `release` (`guard` is its `release_settings`): an adapter on the running engine where
+    the backend can do that, else a fresh load."""
     with_adapter = getattr(current, "with_adapter", None)
     if release.kind == "adapter" and with_adapter is not None:
         return with_adapter(release.version, guard.vllm_lora_adapter)  # type: ignore[no-any-return]

@@ -173,7 +173,7 @@ class Worker:
             return
         try:
             guard = release_settings(self.settings.guard, release)
-            backend = await asyncio.to_thread(load_release, self.served.backend, self.settings.guard, release)
+            backend = await asyncio.to_thread(load_release, self.served.backend, guard, release)
         except Exception as exc:
             self.metrics.model_switch_failures.inc()
             log.error("model_switch_failed", version=release.version, error=f"{type(exc).__name__}: {exc}")
@@ -322,11 +322,11 @@ class Worker:
         if not keys:
             return {}
         assert self._cache is not None
-        unique = list(dict.fromkeys(keys))
+        names = {k: served.cache_key(k) for k in keys}
         with self.metrics.stage_seconds.labels("cache").time():
-            found = await self._cache.get_many([served.cache_key(k) for k in unique])
-        hits = {k: found[served.cache_key(k)] for k in unique if served.cache_key(k) in found}
-        self.metrics.cache_misses.inc(len(unique) - len(hits))
+            found = await self._cache.get_many(list(names.values()))
+        hits = {k: found[name] for k, name in names.items() if name in found}
+        self.metrics.cache_misses.inc(len(names) - len(hits))
         return hits
 
     async def _store(self, results: dict[str, GuardResult], served: ServedModel) -> None:
