@@ -42,3 +42,13 @@ async def test_sure_items_stay_with_lite_and_the_rest_go_to_the_reasoner(lite_gu
     for lesson, outcome, was_settled in zip(LESSONS, lessons, settled[len(HARMFUL + BENIGN):], strict=True):
         if not was_settled:  # the reasoner was taught these lessons: its answers are known
             assert isinstance(outcome, GuardResult) and outcome.request_harmful == lesson.harmful
+
+
+def test_the_registry_builds_the_cascade_from_settings(tiny_qwen: Path) -> None:
+    from workers.guard.registry import load_backend
+    from workers.settings import GuardSettings
+
+    cascade = load_backend(GuardSettings(backend="cascade", cascade_backend="transformers", model_path=tiny_qwen,
+                                         cascade_low=0.05, cascade_high=0.95))
+    assert isinstance(cascade, CascadeGuard) and isinstance(cascade.reasoner, TransformersGuard)
+    assert isinstance(cascade.lite, LiteGuard) and (cascade.low, cascade.high) == (0.05, 0.95)
