@@ -174,21 +174,27 @@ class ImageFetcher:
         return self._stores[key]
 
     def _make_store(self, location: Location) -> ObjectStore:
-        s = self.settings
-        client = {"timeout": f"{s.timeout_s}s", "allow_http": s.s3_allow_http}
-        no_retry = {"max_retries": 0}  # retries are ours, with our backoff and our metrics
         if location.scheme == "file":
             return LocalStore(prefix=location.root)
         if location.scheme == "https":
-            return HTTPStore.from_url(location.root, client_options={"timeout": f"{s.timeout_s}s"}, retry_config=no_retry)
-        return S3Store(
-            location.root,
-            endpoint=s.s3_endpoint,
-            region=s.s3_region,
-            access_key_id=s.s3_access_key_id,
-            secret_access_key=s.s3_secret_access_key,
-            virtual_hosted_style_request=False,
-            skip_signature=s.s3_access_key_id is None,
-            client_options=client,
-            retry_config=no_retry,
-        )
+            return HTTPStore.from_url(location.root, client_options={"timeout": f"{self.settings.timeout_s}s"},
+                                      retry_config=NO_RETRY)
+        return s3_store(location.root, self.settings)
+
+
+NO_RETRY = {"max_retries": 0}  # retries are ours, with our backoff and our metrics
+
+
+def s3_store(bucket: str, settings: FetchSettings) -> S3Store:
+    """A store for one bucket of the configured S3 endpoint (images, and release artefacts)."""
+    return S3Store(
+        bucket,
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        virtual_hosted_style_request=False,
+        skip_signature=settings.s3_access_key_id is None,
+        client_options={"timeout": f"{settings.timeout_s}s", "allow_http": settings.s3_allow_http},
+        retry_config=NO_RETRY,
+    )

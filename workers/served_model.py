@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from schemas.events import ChatEvent, ModelRef, ModelRelease
 from workers.cache import cache_key
@@ -34,14 +33,10 @@ class ServedModel:
         return cache_key(self.cache_prefix, self.ref.name, self.ref.version, self.policy_version, key)
 
 
-def release_settings(current: GuardSettings, release: ModelRelease) -> GuardSettings:
-    """The guard settings that serve `release`: its backend and version, its artefact as a local path."""
-    parts = urlsplit(release.artefact_uri)
-    if parts.scheme not in ("", "file"):
-        raise BackendUnavailable(f"release {release.version}: only local artefacts are loadable, not {parts.scheme}://")
+def release_settings(current: GuardSettings, release: ModelRelease, path: Path) -> GuardSettings:
+    """The guard settings that serve `release`: its backend and version, its artefact at `path` (local)."""
     if release.kind == "adapter" and release.backend != "vllm":
         raise BackendUnavailable(f"release {release.version}: adapter releases need the vllm backend's LoRA support")
-    path = Path(unquote(parts.path))
     update: dict[str, object] = {"backend": release.backend, "model_version": release.version}
     target = {"lite": "lite_artefact"}.get(release.backend, "model_path")
     update["vllm_lora_adapter" if release.kind == "adapter" else target] = path

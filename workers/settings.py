@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -86,6 +87,8 @@ class GuardSettings(Section):
     model_version: str = "1"
     policy_version: str = "1"
     follow_releases: bool = Field(True, description="switch models on releases in moderation.models")
+    artefact_cache_dir: Path = Field(Path(tempfile.gettempdir()) / "guardstream-artefacts",
+                                     description="where s3:// release artefacts are downloaded")
     max_attempts: int = Field(3, ge=1)
     backoff_base_s: float = Field(0.2, ge=0)
     timeout_s: float = Field(120.0, gt=0)

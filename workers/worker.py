@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.events import ChatEvent, DeadLetter, ModelRef, ModelRelease, SourceRef, Verdict
 from topics.registry import TopicNames
+from workers.artefacts import materialise
 from workers.batcher import MicroBatcher
 from workers.cache import NoCache, RedisCache, ResultCache
 from workers.commit import OffsetTracker
@@ -172,7 +173,8 @@ class Worker:
         if release.version == current.version:
             return
         try:
-            guard = release_settings(self.settings.guard, release)
+            path = await materialise(release.artefact_uri, self.settings.fetch, self.settings.guard.artefact_cache_dir)
+            guard = release_settings(self.settings.guard, release, path)
             backend = await asyncio.to_thread(load_release, self.served.backend, guard, release)
         except Exception as exc:
             self.metrics.model_switch_failures.inc()

@@ -6,9 +6,10 @@ import asyncio
 from pathlib import Path
 
 from schemas.events import ModelRelease, VerdictStatus
-from tests.conftest import running_worker, verdicts_for
+from tests.conftest import S3, running_worker, verdicts_for
 from tests.factories import event
 from tests.tiny_qwen import LESSONS
+from tests.workers.test_artefacts import upload_folder
 from topics.io import produce_events, produce_raw
 from workers.settings import WorkerSettings
 
@@ -22,8 +23,9 @@ async def wait_until(condition, timeout_s: float = 60) -> None:  # type: ignore[
 
 
 async def test_a_release_switches_the_served_model_and_never_reuses_the_old_cache(
-    settings: WorkerSettings, lite_guard, tiny_qwen: Path
+    settings: WorkerSettings, lite_guard, tiny_qwen: Path, s3: S3, tmp_path: Path
 ) -> None:
+    settings.guard.artefact_cache_dir = tmp_path / "artefacts"
     servers = settings.kafka.bootstrap_servers
     events_topic = f"{settings.kafka.topic_prefix}chat.events"
     models_topic = f"{settings.kafka.topic_prefix}moderation.models"
@@ -31,7 +33,8 @@ async def test_a_release_switches_the_served_model_and_never_reuses_the_old_cach
     texts = [lesson.request.text for lesson in LESSONS if not lesson.request.images and lesson.request.response is None]
     waves = [[event(t, conversation=f"w{w}-{i}") for i, t in enumerate(texts)] for w in range(3)]
     bad = ModelRelease(name=name, version="broken", backend="transformers", artefact_uri="/nonexistent/model")
-    good = ModelRelease(name=name, version="2", backend="transformers", artefact_uri=tiny_qwen.as_uri())
+    good = ModelRelease(name=name, version="2", backend="transformers",  # as the trainer publishes: on S3
+                        artefact_uri=upload_folder(s3, tiny_qwen, f"models/{settings.kafka.topic_prefix}v2"))
     other = ModelRelease(name="someone-else", version="9", backend="lite", artefact_uri="/x")
 
     async with running_worker(settings, lite_guard) as worker:

@@ -109,7 +109,7 @@ async def test_an_adapter_release_switches_lora_on_the_same_engine(tiny_qwen: Pa
     base = VLLMGuard(engine, render_with(tiny_qwen), "greedy", make_lora=lambda a: ("lora", a.name, a.lora_id))
     settings = GuardSettings(backend="vllm", model_path=tiny_qwen)
     release = ModelRelease(name="guard", version="v2-lora", backend="vllm", artefact_uri=str(tmp_path), kind="adapter")
-    switched = load_release(base, release_settings(settings, release), release)
+    switched = load_release(base, release_settings(settings, release, tmp_path), release)
     assert isinstance(switched, VLLMGuard) and switched.engine is engine
     await switched.moderate([GuardRequest("x")])
     assert engine.calls[-1]["lora"][:2] == ("lora", "v2-lora")
