@@ -35,6 +35,7 @@ class WorkerMetrics:
         )
         self.in_flight = Gauge("guardstream_in_flight_events", "Events polled but not answered", registry=r)
         self.paused = Gauge("guardstream_partitions_paused", "1 while partitions are paused", registry=r)
+        self.pauses = Counter("guardstream_backpressure_pauses", "Times the partitions were paused", registry=r)
         self.lag = Gauge("guardstream_consumer_lag", "Highwater minus position", ["partition"], registry=r)
         self.commits = Counter("guardstream_commits", "Offset commits", registry=r)
         self.model_info = Gauge("guardstream_model_info", "The model served (1)", ["name", "version", "backend"],

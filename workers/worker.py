@@ -403,6 +403,7 @@ class Worker:
         if in_flight >= limit:
             self.consumer.pause(*self.consumer.assignment())
             if not self._paused:
+                self.metrics.pauses.inc()
                 log.info("backpressure_pause", in_flight=in_flight, limit=limit)
             self._paused = True
         elif self._paused and in_flight <= limit // 2:
