@@ -6,8 +6,10 @@ Everything listens on 127.0.0.1. Each test gets its own topic prefix, consumer g
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +25,7 @@ from moto.server import ThreadedMotoServer
 from schemas.events import Verdict
 from tests.kafka_io import read_topic
 from topics.admin import create_topics
-from topics.local_broker import LocalBroker, free_loopback_port
+from topics.local_broker import LocalBroker, NotListening, free_loopback_port, wait_until_listening
 from topics.registry import TopicNames, topic_specs
 from workers.guard.lite import LiteGuard
 from workers.settings import (
@@ -114,6 +116,12 @@ class S3:
     def put(self, key: str, body: bytes) -> str:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body)  # type: ignore[attr-defined]
         return f"s3://{self.bucket}/{key}"
+
+    def put_folder(self, folder: Path, prefix: str) -> str:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                self.put(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+        return f"s3://{self.bucket}/{prefix}"
 
 
 @pytest.fixture(scope="session")
@@ -210,24 +218,15 @@ def untrained_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def openai_server(tiny_qwen: Path) -> Iterator[str]:
     """transformers' OpenAI-compatible server on a loopback port, serving the tiny model."""
-    import os
-    import socket
-    import sys
-
     port = free_loopback_port()
     process = subprocess.Popen([sys.executable, "-m", "tests.serve_tiny", str(tiny_qwen), str(port)],
                                env={**os.environ, "HF_HUB_OFFLINE": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("transformers serve did not start") from None
-            time.sleep(0.2)
+    try:
+        wait_until_listening(process, port, timeout_s=120)
+    except NotListening:
+        process.kill()
+        raise
     yield f"http://127.0.0.1:{port}/v1"
     process.terminate()
     process.wait(timeout=10)

@@ -15,6 +15,24 @@ class BrokerStartError(RuntimeError):
     """The local broker did not start listening in time."""
 
 
+class NotListening(RuntimeError):
+    """A local server process exited, or did not accept connections in time."""
+
+
+def wait_until_listening(process: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+    """Return once 127.0.0.1:port accepts connections; raise NotListening if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise NotListening(f"process exited with status {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise NotListening(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
 def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -39,17 +57,12 @@ class LocalBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BrokerStartError(f"broker exited with status {self.process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BrokerStartError(f"broker not listening on {self.bootstrap_servers} after {timeout_s}s")
+        try:
+            wait_until_listening(self.process, self.port, timeout_s)
+        except NotListening as exc:
+            self.stop()
+            raise BrokerStartError(f"broker on {self.bootstrap_servers}: {exc}") from exc
+        return self
 
     async def start_async(self, timeout_s: float = 20.0) -> LocalBroker:
         return await asyncio.to_thread(self.start, timeout_s)

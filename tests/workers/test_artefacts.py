@@ -12,13 +12,6 @@ from workers.errors import BackendUnavailable
 from workers.settings import FetchSettings
 
 
-def upload_folder(s3: S3, folder: Path, prefix: str) -> str:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            s3.put(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
-    return f"s3://{s3.bucket}/{prefix}"
-
-
 @pytest.fixture
 def fetch(s3: S3) -> FetchSettings:
     return FetchSettings(s3_endpoint=s3.endpoint, s3_access_key_id="test", s3_secret_access_key="test",
@@ -27,7 +20,7 @@ def fetch(s3: S3) -> FetchSettings:
 
 async def test_a_model_folder_is_downloaded_whole_and_only_once(s3: S3, fetch: FetchSettings, tiny_qwen: Path,
                                                                 tmp_path: Path) -> None:
-    uri = upload_folder(s3, tiny_qwen, "models/tiny-once")
+    uri = s3.put_folder(tiny_qwen, "models/tiny-once")
     local = await materialise(uri, fetch, tmp_path)
     originals = sorted(p.relative_to(tiny_qwen).as_posix() for p in tiny_qwen.rglob("*") if p.is_file())
     assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and p.name != ".complete") \

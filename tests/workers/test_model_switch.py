@@ -9,7 +9,6 @@ from schemas.events import ModelRelease, VerdictStatus
 from tests.conftest import S3, running_worker, verdicts_for
 from tests.factories import event
 from tests.tiny_qwen import LESSONS
-from tests.workers.test_artefacts import upload_folder
 from topics.io import produce_events, produce_raw
 from workers.settings import WorkerSettings
 
@@ -34,7 +33,7 @@ async def test_a_release_switches_the_served_model_and_never_reuses_the_old_cach
     waves = [[event(t, conversation=f"w{w}-{i}") for i, t in enumerate(texts)] for w in range(3)]
     bad = ModelRelease(name=name, version="broken", backend="transformers", artefact_uri="/nonexistent/model")
     good = ModelRelease(name=name, version="2", backend="transformers",  # as the trainer publishes: on S3
-                        artefact_uri=upload_folder(s3, tiny_qwen, f"models/{settings.kafka.topic_prefix}v2"))
+                        artefact_uri=s3.put_folder(tiny_qwen, f"models/{settings.kafka.topic_prefix}v2"))
     other = ModelRelease(name="someone-else", version="9", backend="lite", artefact_uri="/x")
 
     async with running_worker(settings, lite_guard) as worker:
