@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import structlog
@@ -36,13 +37,24 @@ def cache_key(prefix: str, model_name: str, model_version: str, policy_version: 
     return f"{prefix}:v1:{model_name}:{model_version}:{policy_version}:{content_key}"
 
 
+def redact_url(url: str) -> str:
+    """The URL without its user and password, fit for logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class RedisCache:
     def __init__(self, settings: CacheSettings, metrics: WorkerMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.description = f"redis ({settings.redis_url})"
+        url = settings.redis_url.get_secret_value()
+        self.description = f"redis ({redact_url(url)})"
         self._redis = aioredis.Redis.from_url(
-            settings.redis_url,
+            url,
             socket_timeout=settings.socket_timeout_s,
             socket_connect_timeout=settings.socket_timeout_s,
         )

@@ -9,6 +9,7 @@
     │   ├── ImageNotAllowed        the URI's scheme, host or path is not allowed
     │   ├── ImageNotFound
     │   ├── ImageTooLarge          over the byte or pixel limit
+    │   ├── ImageShapeRefused      an aspect ratio the model cannot take
     │   ├── ImageDigestMismatch    bytes do not hash to the declared sha256
     │   ├── ImageDecodeFailed      Pillow cannot read it
     │   └── FetchUnavailable       timeout or store error (retriable)
@@ -18,7 +19,10 @@
     ├── OutputUnparseable          the model answered, but not in the verdict format (raw text kept)
     └── InternalError              a bug in guardstream: logged with its traceback, answered as an error
 
-The DLQ reason, the error verdict's code and the log event all come from `code`.
+The DLQ reason, the error verdict's code and the log event all come from `code`. Two messages: `str(exc)`
+is the detail (sizes, URIs, digests) for the dead-letter topic and the logs, which operators read;
+`summary` is the fixed sentence an error verdict carries, because verdicts go to the platform's
+consumers and through them, often, back to the user who sent the event.
 """
 
 from __future__ import annotations
@@ -28,74 +32,97 @@ from schemas.events import ErrorInfo
 
 class GuardstreamError(Exception):
     code = "error"
+    summary = "the event could not be moderated"
     retriable = False
 
     def info(self) -> ErrorInfo:
-        return ErrorInfo(code=self.code, message=str(self), retriable=self.retriable)
+        """What an error verdict says: the code and the fixed summary, never the detail."""
+        return ErrorInfo(code=self.code, message=self.summary, retriable=self.retriable)
 
 
 class InputError(GuardstreamError):
     code = "input_invalid"
+    summary = "the event is not valid input"
 
 
 class DecodeError(InputError):
     code = "decode_failed"
+    summary = "the record is not UTF-8 JSON"
 
 
 class SchemaError(InputError):
     code = "schema_invalid"
+    summary = "the record is not a valid ChatEvent"
 
 
 class LimitError(InputError):
     code = "limit_exceeded"
+    summary = "the event is over a configured limit"
 
 
 class FetchError(GuardstreamError):
     code = "fetch_failed"
+    summary = "an image could not be fetched"
 
 
 class ImageNotAllowed(FetchError):
     code = "image_not_allowed"
+    summary = "an image's location is not allowed"
 
 
 class ImageNotFound(FetchError):
     code = "image_not_found"
+    summary = "an image was not found"
 
 
 class ImageTooLarge(FetchError):
     code = "image_too_large"
+    summary = "an image is over the configured size limits"
+
+
+class ImageShapeRefused(FetchError):
+    code = "image_shape_refused"
+    summary = "an image's aspect ratio is outside what the model accepts"
 
 
 class ImageDigestMismatch(FetchError):
     code = "image_digest_mismatch"
+    summary = "an image does not match its declared sha256"
 
 
 class ImageDecodeFailed(FetchError):
     code = "image_decode_failed"
+    summary = "an image could not be decoded"
 
 
 class FetchUnavailable(FetchError):
     code = "fetch_unavailable"
+    summary = "an image store did not answer in time"
     retriable = True
 
 
 class BackendError(GuardstreamError):
     code = "backend_failed"
+    summary = "the guard model failed"
     retriable = True
 
 
 class BackendTimeout(BackendError):
     code = "backend_timeout"
+    summary = "the guard model did not answer in time"
 
 
 class BackendUnavailable(BackendError):
     code = "backend_unavailable"
+    summary = "the guard model is not available"
     retriable = False
 
 
 class OutputUnparseable(GuardstreamError):
     code = "output_unparseable"
+    summary = "the guard model's answer could not be read"
 
 
 class InternalError(GuardstreamError):
     code = "internal_error"
+    summary = "an internal error stopped moderation"

@@ -192,7 +192,8 @@ def s3_store(bucket: str, settings: FetchSettings) -> S3Store:
         endpoint=settings.s3_endpoint,
         region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
+        secret_access_key=(settings.s3_secret_access_key.get_secret_value()
+                           if settings.s3_secret_access_key else None),
         virtual_hosted_style_request=False,
         skip_signature=settings.s3_access_key_id is None,
         client_options={"timeout": f"{settings.timeout_s}s", "allow_http": settings.s3_allow_http},

@@ -21,7 +21,7 @@ CONFIG_FILE_ENV = "GUARDSTREAM_CONFIG_FILE"
 class Section(BaseModel):
     """A group of settings; a misspelt key is an error, not a silently ignored value."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class KafkaSettings(Section):
@@ -34,7 +34,20 @@ class KafkaSettings(Section):
     max_poll_records: int = Field(256, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
     commit_interval_ms: int = Field(1_000, ge=10)
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a group with no committed offset starts: earliest answers every retained "
+        "event (a first deployment works through the whole retention), latest skips what came before")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates")
+    ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    ssl_keyfile: Path | None = None
+    ssl_keyfile_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    replication_factor: int | None = Field(None, ge=1, description="for `topics create`; None: min(3, brokers)")
+    produce_backoff_max_s: float = Field(5.0, gt=0, description="cap of the backoff between produce retries")
 
 
 class LimitSettings(Section):
@@ -44,6 +57,9 @@ class LimitSettings(Section):
     max_text_chars: int = Field(32_000, ge=1)
     max_response_chars: int = Field(32_000, ge=1)
     max_images: int = Field(4, ge=0)
+    max_dead_letter_raw_bytes: int = Field(65_536, ge=0, description="raw value kept in a dead letter; the "
+                                           "source coordinates always find the whole record")
+    max_error_chars: int = Field(2_000, ge=80, description="error messages in dead letters and logs are cut here")
 
 
 class FetchSettings(Section):
@@ -54,7 +70,7 @@ class FetchSettings(Section):
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    s3_secret_access_key: SecretStr | None = None
     s3_allow_http: bool = False
     max_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
@@ -63,11 +79,18 @@ class FetchSettings(Section):
     max_attempts: int = Field(3, ge=1)
     backoff_base_s: float = Field(0.1, ge=0)
     concurrency: int = Field(16, ge=1)
+    decode_threads: int = Field(2, ge=1, description="threads that decode images (apart from the guard's)")
+    max_aspect_ratio: float = Field(200.0, ge=1, description="longer side over shorter; Qwen2.5-VL refuses > 200")
+    trust_declared_digests: bool = Field(False, description="answer from the cache by an image's declared sha256 "
+                                         "before fetching it; only for producers you trust (see SECURITY.md)")
+    https_allow_private_addresses: bool = Field(False, description="let allow-listed https hosts resolve to "
+                                                "loopback, private or link-local addresses")
+    https_ca_file: Path | None = Field(None, description="extra CA bundle for https images (a private CA)")
 
 
 class CacheSettings(Section):
     enabled: bool = True
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="may carry a password")
     key_prefix: str = "guardstream"
     ttl_s: int = Field(7 * 24 * 3600, ge=1)
     socket_timeout_s: float = Field(0.5, gt=0)
