@@ -2,7 +2,10 @@
 
 Where an image may come from is decided by `resolve_location`, a pure function (the address filter):
 s3:// any bucket of the configured endpoint; file:// only under the configured root;
-https:// only from allow-listed hosts. Everything else is refused before any I/O.
+https:// only from allow-listed origins (`host` means port 443, `host:port` that port). Everything else is
+refused before any I/O. An https host name must also resolve to addresses `address_allowed` accepts: the
+check runs in aiohttp's resolver, so the address checked is the address connected to. Redirects are refused,
+not followed. Images are decoded on the fetcher's own threads, checked for size and shape from the header first.
 """
 
 from __future__ import annotations
@@ -10,19 +13,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import ipaddress
 import math
 import os
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
+import aiohttp
 import obstore
 import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from obstore.exceptions import BaseError as StoreError
 from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
-from obstore.store import HTTPStore, LocalStore, ObjectStore, S3Store
+from obstore.store import LocalStore, ObjectStore, S3Store
 from PIL import Image, UnidentifiedImageError
+from yarl import URL
 
 from schemas.events import ImageRef
 from workers.errors import (
@@ -32,17 +44,22 @@ from workers.errors import (
     ImageDigestMismatch,
     ImageNotAllowed,
     ImageNotFound,
+    ImageShapeRefused,
     ImageTooLarge,
 )
 from workers.settings import FetchSettings
 
 log = structlog.get_logger("guardstream.fetch")
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+HTTPS_PORT = 443
+CHUNK_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True)
 class Location:
     scheme: Literal["s3", "file", "https"]
-    root: str  # bucket, directory, or scheme://host[:port]
+    root: str  # bucket, directory, or https://host[:port]
     path: str
 
 
@@ -56,24 +73,27 @@ class FetchedImage:
 
 def resolve_location(uri: str, settings: FetchSettings) -> Location:
     """Decide whether `uri` may be fetched, and from which store; raise ImageNotAllowed if not."""
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme == "s3":
-        if not parts.netloc or not parts.path.strip("/"):
-            raise ImageNotAllowed(f"s3 URI needs a bucket and a key: {uri!r}")
-        return Location("s3", parts.netloc, unquote(parts.path.lstrip("/")))
-    if scheme == "file":
-        return _resolve_file(parts.netloc, unquote(parts.path), uri, settings)
-    if scheme == "https":
-        host = (parts.hostname or "").lower()
-        if parts.username or parts.password:
-            raise ImageNotAllowed(f"credentials in image URIs are refused: {uri!r}")
-        allowed = {h.lower() for h in settings.https_allowed_hosts}
-        if host not in allowed:
-            raise ImageNotAllowed(f"host {host!r} is not in the https allow-list")
-        origin = f"https://{parts.netloc.lower()}"
-        return Location("https", origin, unquote(parts.path.lstrip("/")))
+    if any(_is_control(char) for char in uri):
+        raise ImageNotAllowed(f"control characters in image URIs are refused: {uri!r}")
+    try:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme == "s3":
+            if not parts.netloc or not parts.path.strip("/"):
+                raise ImageNotAllowed(f"s3 URI needs a bucket and a key: {uri!r}")
+            return Location("s3", parts.netloc, unquote(parts.path.lstrip("/")))
+        if scheme == "file":
+            return _resolve_file(parts.netloc, unquote(parts.path), uri, settings)
+        if scheme == "https":
+            return _resolve_https(parts, uri, settings)
+    except ValueError as exc:  # urlsplit's verdict on brackets and ports: not a URI we can reason about
+        raise ImageNotAllowed(f"malformed image URI {uri!r}: {exc}") from exc
     raise ImageNotAllowed(f"scheme {scheme or '(none)'!r} is not supported (s3, file, https)")
+
+
+def _is_control(char: str) -> bool:
+    # urlsplit silently drops some of these and lets others through; either way the URI is not what it shows
+    return ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F
 
 
 def _resolve_file(netloc: str, raw_path: str, uri: str, settings: FetchSettings) -> Location:
@@ -88,6 +108,127 @@ def _resolve_file(netloc: str, raw_path: str, uri: str, settings: FetchSettings)
     return Location("file", str(root), target.relative_to(root).as_posix())
 
 
+def _resolve_https(parts: SplitResult, uri: str, settings: FetchSettings) -> Location:
+    if parts.username or parts.password:
+        raise ImageNotAllowed(f"credentials in image URIs are refused: {uri!r}")
+    host, port = _origin(parts)
+    if (host, port) not in {parse_allowed_host(entry) for entry in settings.https_allowed_hosts}:
+        raise ImageNotAllowed(f"origin {host}:{port} is not in the https allow-list")
+    literal = _ip_literal(host)  # aiohttp connects to an address literal without asking the resolver
+    if literal is not None and not address_allowed(literal, settings.https_allow_private_addresses):
+        raise ImageNotAllowed(f"address {host} is not allowed for https images")
+    shown = f"[{host}]" if ":" in host else host
+    origin = f"https://{shown}" if port == HTTPS_PORT else f"https://{shown}:{port}"
+    return Location("https", origin, unquote(parts.path.lstrip("/")))
+
+
+def parse_allowed_host(entry: str) -> tuple[str, int]:
+    """An allow-list entry, `host` or `host:port` (IPv6 in brackets), as (host, port); a bare host means 443."""
+    parts = urlsplit(f"//{entry.strip()}")
+    if parts.username or parts.password or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"https allow-list entry {entry!r} is not host or host:port")
+    return _origin(parts)
+
+
+def _origin(parts: SplitResult) -> tuple[str, int]:
+    """(host, port) with the host lower-cased and an address literal in its canonical form."""
+    if not parts.hostname:
+        raise ValueError(f"no host in {parts.netloc!r}")
+    host = parts.hostname.lower()
+    literal = _ip_literal(host)
+    return (host if literal is None else str(literal)), (HTTPS_PORT if parts.port is None else parts.port)
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def address_allowed(address: IPAddress, allow_private: bool) -> bool:
+    """Whether an https image may be fetched from `address`: a global unicast address, or, with
+    `allow_private`, also a loopback, private or link-local one. An IPv4 address carried inside an IPv6 one
+    (mapped, NAT64, 6to4, Teredo) must pass too, because that is where the packets end up."""
+    return all(_one_address_allowed(reached, allow_private) for reached in _reached_addresses(address))
+
+
+def _reached_addresses(address: IPAddress) -> list[IPAddress]:
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)]
+    embedded: list[IPAddress] = [address.sixtofour] if address.sixtofour is not None else []
+    if address.teredo is not None:
+        embedded.extend(address.teredo)
+    return [address, *embedded]
+
+
+def _one_address_allowed(address: IPAddress, allow_private: bool) -> bool:
+    if address.is_multicast or address.is_unspecified or (address.version == 4 and address.is_reserved):
+        return False  # never a unicast peer, whatever the setting
+    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
+    # is_global alone passes fec0::/10 and the reserved ::/8 forms (IPv4-compatible ::a.b.c.d)
+    return allow_private or (address.is_global and not address.is_reserved and not site_local)
+
+
+class AddressRefused(OSError):
+    """Every address a host resolved to was refused (an OSError, as resolvers' errors are)."""
+
+
+class FilteringResolver(AbstractResolver):
+    """Resolves with `inner`, then keeps only the addresses `address_allowed` accepts. aiohttp connects to
+    what this returns, so no later answer (DNS rebinding) can slip in between the check and the connection."""
+
+    def __init__(self, inner: AbstractResolver, allow_private: bool) -> None:
+        self._inner = inner
+        self._allow_private = allow_private
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        kept = [answer for answer in answers if self._allowed(answer["host"])]
+        if not kept:
+            refused = ", ".join(answer["host"] for answer in answers)
+            raise AddressRefused(f"{host} resolves only to addresses not allowed for https images: {refused}")
+        return kept
+
+    def _allowed(self, host: str) -> bool:
+        literal = _ip_literal(host)
+        return literal is not None and address_allowed(literal, self._allow_private)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def https_ssl_context(settings: FetchSettings) -> ssl.SSLContext:
+    """The system's CAs, plus `https_ca_file` when set (a private CA adds to the public ones)."""
+    context = ssl.create_default_context()
+    if settings.https_ca_file is not None:
+        context.load_verify_locations(cafile=settings.https_ca_file)
+    return context
+
+
+def https_status_error(status: int, uri: str) -> FetchError | None:
+    """The error an https status means, or None for 200; 5xx, 408 and 429 are worth retrying."""
+    if status == 200:
+        return None
+    if 300 <= status < 400:
+        return ImageNotAllowed(f"{uri}: HTTP {status}; redirects are refused")
+    if status in (401, 403):
+        return ImageNotAllowed(f"{uri}: HTTP {status}, access denied by the server")
+    if status in (404, 410):
+        return ImageNotFound(f"{uri}: not found (HTTP {status})")
+    if status >= 500 or status in (408, 429):
+        return FetchUnavailable(f"{uri}: HTTP {status}")
+    return FetchError(f"{uri}: HTTP {status}")
+
+
 def fit_pixel_budget(size: tuple[int, int], budget: int) -> tuple[int, int]:
     """Largest size with the same aspect ratio and at most `budget` pixels (never upscales)."""
     width, height = size
@@ -97,15 +238,26 @@ def fit_pixel_budget(size: tuple[int, int], budget: int) -> tuple[int, int]:
     return max(1, int(width * scale)), max(1, int(height * scale))
 
 
+def check_shape(size: tuple[int, int], settings: FetchSettings) -> None:
+    """Refuse, from the header's size alone, images over the pixel limit or the model's aspect ratio."""
+    width, height = size
+    if width * height > settings.max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} pixels, limit {settings.max_pixels}")
+    if max(width, height) > settings.max_aspect_ratio * min(width, height):
+        raise ImageShapeRefused(f"image is {width}x{height}, aspect ratio limit {settings.max_aspect_ratio:g}")
+
+
 def decode_image(data: bytes, settings: FetchSettings) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode with Pillow, refusing images over the pixel limit before their pixels are read."""
+    """Decode with Pillow, refusing images over the pixel or aspect limits before their pixels are read."""
     try:
         with Image.open(io.BytesIO(data)) as probe:
             size = probe.size
-            if size[0] * size[1] > settings.max_pixels:
-                raise ImageTooLarge(f"image is {size[0]}x{size[1]} pixels, limit {settings.max_pixels}")
+            check_shape(size, settings)
             image = probe.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow checks its own (process-wide) limit inside Image.open, before our check can see the size
+        raise ImageTooLarge(f"image is over Pillow's decompression-bomb limit: {exc}") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageDecodeFailed(f"cannot decode image: {exc}") from exc
     target = fit_pixel_budget(image.size, settings.pixel_budget)
     if target != image.size:
@@ -114,12 +266,38 @@ def decode_image(data: bytes, settings: FetchSettings) -> tuple[Image.Image, tup
 
 
 class ImageFetcher:
-    """Fetches with bounded concurrency, a timeout per attempt, and retries with backoff on transient errors."""
+    """Fetches with bounded concurrency, a timeout per attempt, and retries with backoff on transient errors.
+
+    Decoding runs on the fetcher's own threads: the default executor is shared with guard backends whose
+    threads may outlive a timeout. Call `close()` (or use `async with`) to release the https session."""
 
     def __init__(self, settings: FetchSettings) -> None:
         self.settings = settings
+        for entry in settings.https_allowed_hosts:
+            parse_allowed_host(entry)  # a misspelt entry fails at start, not on the first https image
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._stores: dict[tuple[str, str], ObjectStore] = {}
+        self._ssl = https_ssl_context(settings)
+        self._session: aiohttp.ClientSession | None = None
+        self._resolver: FilteringResolver | None = None
+        self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="guardstream-decode")
+
+    async def __aenter__(self) -> ImageFetcher:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the https session; the decode threads stop without being waited for (a decode that is
+        running finishes on its own; queued ones are cancelled)."""
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     async def fetch(self, ref: ImageRef) -> FetchedImage:
         location = resolve_location(ref.uri, self.settings)
@@ -128,7 +306,8 @@ class ImageFetcher:
         digest = hashlib.sha256(data).hexdigest()
         if ref.sha256 is not None and ref.sha256 != digest:
             raise ImageDigestMismatch(f"{ref.uri}: declared sha256 {ref.sha256[:12]}…, got {digest[:12]}…")
-        image, original = await asyncio.to_thread(decode_image, data, self.settings)
+        loop = asyncio.get_running_loop()
+        image, original = await loop.run_in_executor(self._decoder, decode_image, data, self.settings)
         return FetchedImage(image=image, sha256=digest, nbytes=len(data), original_size=original)
 
     async def _get_with_retries(self, location: Location, uri: str) -> bytes:
@@ -136,7 +315,9 @@ class ImageFetcher:
         while True:
             try:
                 return await asyncio.wait_for(self._get(location, uri), self.settings.timeout_s)
-            except (TimeoutError, OSError, StoreError) as exc:
+            except FetchError as exc:
+                error = exc
+            except (TimeoutError, OSError, StoreError, aiohttp.ClientError) as exc:
                 error = self._classify(exc, uri)
             if not error.retriable or attempt >= self.settings.max_attempts:
                 raise error
@@ -146,19 +327,52 @@ class ImageFetcher:
             attempt += 1
 
     async def _get(self, location: Location, uri: str) -> bytes:
+        if location.scheme == "https":
+            return await self._get_https(location, uri)
         result = await obstore.get_async(self._store(location), location.path)
-        if result.meta["size"] > self.settings.max_bytes:
-            raise ImageTooLarge(f"{uri} is {result.meta['size']} bytes, limit {self.settings.max_bytes}")
-        chunks, total = [], 0
-        async for chunk in result.stream(min_chunk_size=256 * 1024):
+        self._check_declared_size(result.meta["size"], uri)
+        return await self._read_limited(result.stream(min_chunk_size=CHUNK_BYTES), uri)
+
+    async def _get_https(self, location: Location, uri: str) -> bytes:
+        url = URL(location.root).with_path("/" + location.path)
+        async with self._https_session().get(url, allow_redirects=False) as response:
+            error = https_status_error(response.status, uri)
+            if error is not None:
+                raise error
+            if response.content_length is not None:
+                self._check_declared_size(response.content_length, uri)
+            return await self._read_limited(response.content.iter_chunked(CHUNK_BYTES), uri)
+
+    def _check_declared_size(self, size: int, uri: str) -> None:
+        if size > self.settings.max_bytes:
+            raise ImageTooLarge(f"{uri} is {size} bytes, limit {self.settings.max_bytes}")
+
+    async def _read_limited(self, chunks: AsyncIterator[bytes], uri: str) -> bytes:
+        received: list[bytes] = []
+        total = 0
+        async for chunk in chunks:
             total += len(chunk)
-            if total > self.settings.max_bytes:  # the store's size can lie; the bytes cannot
+            if total > self.settings.max_bytes:  # a declared size can lie; the bytes cannot
                 raise ImageTooLarge(f"{uri} exceeds {self.settings.max_bytes} bytes")
-            chunks.append(bytes(chunk))
-        return b"".join(chunks)
+            received.append(chunk)
+        return b"".join(received)
+
+    def _https_session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on first use: a session belongs to the running event loop
+            self._resolver = FilteringResolver(DefaultResolver(), self.settings.https_allow_private_addresses)
+            connector = aiohttp.TCPConnector(resolver=self._resolver, ssl=self._ssl,
+                                             limit=self.settings.concurrency)
+            # no cookies kept between images, no proxy from the environment, the bytes as sent (the limit and
+            # the digest are about them)
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                                  trust_env=False, auto_decompress=False,
+                                                  headers={"Accept-Encoding": "identity"})
+        return self._session
 
     @staticmethod
     def _classify(exc: BaseException, uri: str) -> FetchError:
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, AddressRefused):
+            return ImageNotAllowed(f"{uri}: {exc.os_error}")
         if isinstance(exc, (NotFoundError, FileNotFoundError)):  # obstore raises the builtin for a 404
             return ImageNotFound(f"{uri}: not found")
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError, PermissionError)):
@@ -176,9 +390,6 @@ class ImageFetcher:
     def _make_store(self, location: Location) -> ObjectStore:
         if location.scheme == "file":
             return LocalStore(prefix=location.root)
-        if location.scheme == "https":
-            return HTTPStore.from_url(location.root, client_options={"timeout": f"{self.settings.timeout_s}s"},
-                                      retry_config=NO_RETRY)
         return s3_store(location.root, self.settings)
 
 
