@@ -10,6 +10,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas.events import ChatEvent
+from workers.kafka_clients import as_kafka_settings, client_options, stop_consumer
+from workers.settings import KafkaSettings
 
 
 class InvalidInputLine(ValueError):
@@ -29,15 +31,16 @@ def read_events(path: Path) -> list[ChatEvent]:
     return events
 
 
-async def produce_events(bootstrap_servers: str, topic: str, events: list[ChatEvent]) -> int:
-    """Publish events keyed by conversation id, so a conversation stays in order on one partition."""
+async def produce_events(kafka: KafkaSettings | str, topic: str, events: list[ChatEvent]) -> int:
+    """Publish events keyed by conversation id, so a conversation stays in order on one partition.
+    `kafka` is the settings, or a bare bootstrap address for a plaintext broker (the local one)."""
     records = [(e.conversation_id.encode(), e.model_dump_json().encode()) for e in events]
-    return await produce_raw(bootstrap_servers, topic, records)
+    return await produce_raw(kafka, topic, records)
 
 
-async def produce_raw(bootstrap_servers: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> int:
+async def produce_raw(kafka: KafkaSettings | str, topic: str, records: list[tuple[bytes | None, bytes]]) -> int:
     """Publish (key, value) records and wait until the broker has acknowledged every one."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(as_kafka_settings(kafka)), acks="all", linger_ms=5)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for key, value in records]
@@ -48,10 +51,10 @@ async def produce_raw(bootstrap_servers: str, topic: str, records: list[tuple[by
     return len(records)
 
 
-async def tail_topic(bootstrap_servers: str, topic: str, from_beginning: bool) -> AsyncIterator[dict[str, object]]:
+async def tail_topic(kafka: KafkaSettings | str, topic: str, from_beginning: bool) -> AsyncIterator[dict[str, object]]:
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap_servers,
+        **client_options(as_kafka_settings(kafka)),
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
@@ -64,4 +67,4 @@ async def tail_topic(bootstrap_servers: str, topic: str, from_beginning: bool) -
                 value = repr(record.value)
             yield {"partition": record.partition, "offset": record.offset, "value": value}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

@@ -3,6 +3,15 @@
 The topic is read from the beginning without a consumer group, so every worker sees every release.
 Within one poll only the last release for the name is applied. A record that is not a valid
 ModelRelease is logged and skipped: a bad release never stops a worker.
+
+Nothing else stops the watcher either: any exception (the broker or the topic missing, a poll or
+`on_release` failing) is logged as `model_watch_failed`, reported to `on_error`, and the watcher starts
+again with a fresh consumer after a capped backoff. Only cancelling ends it.
+
+A broker that goes away does not make aiokafka raise, and a topic recreated meanwhile (a replaced
+broker, a deleted topic) can hold the new release below the consumer's old position, where it is never
+fetched. So the watcher also starts over every `resync_s`. Each start reads the topic from the
+beginning; a release equal to the last one handed over without error is not handed over again.
 """
 
 from __future__ import annotations
@@ -15,38 +24,83 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import ModelRelease
+from workers.kafka_clients import as_kafka_settings, client_options, stop_consumer
+from workers.settings import KafkaSettings
 
 log = structlog.get_logger("guardstream.models")
 
-RETRY_S = 5.0
+POLL_MS = 500
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+RESYNC_S = 300.0
+
+
+class ModelTopicMissing(RuntimeError):
+    """The releases topic is not in the cluster's metadata (not created yet, or being recreated)."""
+
+
+def backoff_s(failures: int, base_s: float = BACKOFF_BASE_S, max_s: float = BACKOFF_MAX_S) -> float:
+    """The wait after the `failures`-th failure in a row: doubling from `base_s`, capped at `max_s`."""
+    return min(max_s, base_s * 2 ** max(0, failures - 1))
 
 
 class ModelWatcher:
-    def __init__(self, bootstrap_servers: str, topic: str, model_name: str,
-                 on_release: Callable[[ModelRelease], Awaitable[None]]) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: KafkaSettings | str, topic: str, model_name: str,
+                 on_release: Callable[[ModelRelease], Awaitable[None]], *,
+                 on_error: Callable[[BaseException], None] | None = None,
+                 backoff_base_s: float = BACKOFF_BASE_S, backoff_max_s: float = BACKOFF_MAX_S,
+                 resync_s: float = RESYNC_S) -> None:
+        """`kafka`: the settings, or a bare bootstrap address for a plaintext broker (the local one).
+        `on_error` is told of every failure (the worker counts them); the watcher restarts either way."""
+        self.kafka = as_kafka_settings(kafka)
         self.topic = topic
         self.model_name = model_name
         self.on_release = on_release
+        self.on_error = on_error
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.resync_s = resync_s
+        self.failures = 0  # in a row; a poll handled without error clears it
+        self.handed_over: ModelRelease | None = None
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None, enable_auto_commit=False)
-        await consumer.start()
+        """Follow releases until cancelled."""
+        while True:
+            try:
+                await self._follow()  # returns after resync_s, to start over
+            except Exception as exc:  # whatever failed, the watcher restarts; CancelledError is not an Exception
+                await self._failed(exc)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(**client_options(self.kafka), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")  # a recreated topic is read from its start
         try:
+            await consumer.start()
             await self._assign(consumer)
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
+            resync_at = asyncio.get_running_loop().time() + self.resync_s
+            while asyncio.get_running_loop().time() < resync_at:
+                batches = await consumer.getmany(timeout_ms=POLL_MS)
                 latest = self._latest([r.value for batch in batches.values() for r in batch])
-                if latest is not None:
+                if latest is not None and latest != self.handed_over:
                     await self.on_release(latest)
+                    self.handed_over = latest
+                self.failures = 0
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
+
+    async def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        retry_s = backoff_s(self.failures, self.backoff_base_s, self.backoff_max_s)
+        log.error("model_watch_failed", error_type=type(exc).__name__, error=str(exc), failures=self.failures,
+                  retry_s=retry_s, topic=self.topic)
+        if self.on_error is not None:
+            self.on_error(exc)
+        await asyncio.sleep(retry_s)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        while self.topic not in await consumer.topics():  # topics() refreshes the cluster metadata
-            log.warning("model_topic_missing", topic=self.topic, retry_s=RETRY_S)
-            await asyncio.sleep(RETRY_S)
-        partitions = consumer.partitions_for_topic(self.topic) or set()
+        partitions = consumer.partitions_for_topic(self.topic)  # from the metadata the consumer started with
+        if not partitions:  # a fresh consumer, after the backoff, sees a topic created meanwhile
+            raise ModelTopicMissing(f"{self.topic} does not exist, or has no partitions yet")
         consumer.assign([TopicPartition(self.topic, p) for p in partitions])
         await consumer.seek_to_beginning()
 

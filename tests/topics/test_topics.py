@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -11,10 +12,10 @@ from typer.testing import CliRunner
 
 from tests.factories import event
 from tests.kafka_io import read_topic
-from topics.admin import check_topics, create_topics
+from topics.admin import TopicsRefused, check_topics, count_brokers, create_topics, raise_for_refusals
 from topics.io import InvalidInputLine, read_events
 from topics.local_broker import LocalBroker
-from topics.registry import TopicNames, topic_specs
+from topics.registry import TopicNames, choose_replication, topic_specs
 from workers.cli import app
 
 
@@ -82,3 +83,46 @@ async def test_tail_yields_records_as_json_and_marks_undecodable_ones(broker: Lo
             break
     assert seen[0] == {"partition": 0, "offset": 0, "value": {"a": 1}}
     assert seen[1]["offset"] == 1 and "not json" in str(seen[1]["value"])
+
+
+@pytest.mark.parametrize(("brokers", "chosen"), [(1, 1), (3, 3), (5, 3)])
+def test_the_default_replication_is_up_to_three_copies_as_the_cluster_allows(brokers: int, chosen: int) -> None:
+    assert choose_replication(brokers) == chosen
+    assert choose_replication(brokers, configured=2) == 2  # kafka.replication_factor, when set, decides
+
+
+@pytest.mark.parametrize(("replication", "min_insync"), [(1, None), (2, "2"), (3, "2"), (5, "2")])
+def test_partitioned_topics_wait_for_a_second_copy_once_there_is_one(replication: int, min_insync: str | None) -> None:
+    names = TopicNames("x.")
+    specs = {s.name: s for s in topic_specs(names, partitions=4, replication_factor=replication)}
+    assert all(s.replication_factor == replication for s in specs.values())
+    for name in (names.events, names.verdicts, names.audit_labels):
+        assert specs[name].configs.get("min.insync.replicas") == min_insync
+    assert "min.insync.replicas" not in specs[names.dlq].configs | specs[names.models].configs
+
+
+def test_a_refused_topic_is_an_error_and_one_created_meanwhile_is_not() -> None:
+    assert raise_for_refusals([("a", 0, None), ("b", 36, "Topic with this name already exists.")]) == ["a"]
+    with pytest.raises(TopicsRefused, match="c: InvalidReplicationFactorError Replication factor: 3 larger"):
+        raise_for_refusals([("a", 0, None), ("c", 38, "Replication factor: 3 larger than available brokers: 1.")])
+
+
+def test_on_a_one_broker_cluster_create_chooses_one_copy_unless_told(broker: LocalBroker,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = f"rf-{uuid.uuid4().hex[:8]}."
+    monkeypatch.setenv("GUARDSTREAM_KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+    monkeypatch.setenv("GUARDSTREAM_KAFKA__TOPIC_PREFIX", prefix)
+    assert asyncio.run(count_brokers(broker.bootstrap_servers)) == 1
+    runner = CliRunner()
+    created = runner.invoke(app, ["topics", "create", "--partitions", "2"])
+    assert created.exit_code == 0 and f"{prefix}chat.events: created (replication factor 1)" in created.output
+    assert runner.invoke(app, ["topics", "check", "--partitions", "2"]).exit_code == 0
+
+    other = f"rf3-{uuid.uuid4().hex[:8]}."  # this broker accepts any factor (a real one refuses more than it has)
+    monkeypatch.setenv("GUARDSTREAM_KAFKA__TOPIC_PREFIX", other)
+    created = runner.invoke(app, ["topics", "create", "--partitions", "2", "--replication", "3"])
+    assert f"{other}chat.events: created (replication factor 3)" in created.output
+    checked = runner.invoke(app, ["topics", "check", "--partitions", "2"])
+    assert checked.exit_code == 1 and "has replication factor 3, expected 1" in checked.output
+    monkeypatch.setenv("GUARDSTREAM_KAFKA__REPLICATION_FACTOR", "3")
+    assert runner.invoke(app, ["topics", "check", "--partitions", "2"]).exit_code == 0
