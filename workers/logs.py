@@ -1,11 +1,21 @@
-"""structlog set-up: readable in a terminal, JSON in production."""
+"""structlog set-up: readable in a terminal, JSON in production; neither shows secrets or local variables.
+
+Tracebacks never show local variables (they hold user text, images and credentials), and a processor masks
+pydantic secrets and fields named like secrets, so a log line cannot carry what settings keep secret.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
+from pydantic import SecretBytes, SecretStr
+from structlog.types import EventDict, Processor, WrappedLogger
+
+REDACTED = "**********"
+SECRET_KEY = re.compile(r"password|secret|token|api_?key|authorization", re.IGNORECASE)
 
 
 def _stderr_logger(*_: object) -> structlog.PrintLogger:
@@ -13,17 +23,31 @@ def _stderr_logger(*_: object) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)
 
 
+def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Mask SecretStr/SecretBytes values, and text in any field whose name looks like a secret's."""
+    for key, value in event_dict.items():
+        if isinstance(value, SecretStr | SecretBytes) or (isinstance(value, str | bytes) and SECRET_KEY.search(key)):
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+def _renderers(fmt: str) -> list[Processor]:
+    if fmt == "json":
+        no_locals = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        return [structlog.processors.ExceptionRenderer(no_locals), structlog.processors.JSONRenderer()]
+    colors = sys.stderr.isatty()
+    tracebacks = structlog.dev.RichTracebackFormatter(color_system="truecolor" if colors else None, show_locals=False)
+    return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=tracebacks)]
+
+
 def configure_logging(fmt: str = "console", level: str = "info") -> None:
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
+            redact_secrets,
+            *_renderers(fmt),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=_stderr_logger,
