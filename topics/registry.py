@@ -63,12 +63,13 @@ def durability_configs(replication_factor: int) -> dict[str, str]:
 
 
 def topic_specs(names: TopicNames, partitions: int = 8, replication_factor: int = 1) -> list[TopicSpec]:
-    """Every topic guardstream uses. Verdicts mirror the input partitioning (same key)."""
+    """Every topic guardstream uses. Verdicts mirror the input partitioning (same key). Every topic waits
+    for a second copy where there is one: dead letters are answers too, and a release lost is a switch missed."""
     durable = durability_configs(replication_factor)
     return [
         TopicSpec(names.events, partitions, replication_factor, {"retention.ms": WEEK_MS, **durable}),
         TopicSpec(names.verdicts, partitions, replication_factor, {"retention.ms": WEEK_MS, **durable}),
-        TopicSpec(names.dlq, 1, replication_factor, {"retention.ms": MONTH_MS}),
+        TopicSpec(names.dlq, 1, replication_factor, {"retention.ms": MONTH_MS, **durable}),
         TopicSpec(names.audit_labels, partitions, replication_factor, {"retention.ms": MONTH_MS, **durable}),
-        TopicSpec(names.models, 1, replication_factor, {"cleanup.policy": "compact"}),
+        TopicSpec(names.models, 1, replication_factor, {"cleanup.policy": "compact", **durable}),
     ]

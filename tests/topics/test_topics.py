@@ -92,13 +92,12 @@ def test_the_default_replication_is_up_to_three_copies_as_the_cluster_allows(bro
 
 
 @pytest.mark.parametrize(("replication", "min_insync"), [(1, None), (2, "2"), (3, "2"), (5, "2")])
-def test_partitioned_topics_wait_for_a_second_copy_once_there_is_one(replication: int, min_insync: str | None) -> None:
+def test_every_topic_waits_for_a_second_copy_once_there_is_one(replication: int, min_insync: str | None) -> None:
     names = TopicNames("x.")
     specs = {s.name: s for s in topic_specs(names, partitions=4, replication_factor=replication)}
     assert all(s.replication_factor == replication for s in specs.values())
-    for name in (names.events, names.verdicts, names.audit_labels):
+    for name in (names.events, names.verdicts, names.audit_labels, names.dlq, names.models):
         assert specs[name].configs.get("min.insync.replicas") == min_insync
-    assert "min.insync.replicas" not in specs[names.dlq].configs | specs[names.models].configs
 
 
 def test_a_refused_topic_is_an_error_and_one_created_meanwhile_is_not() -> None:
