@@ -7,15 +7,17 @@ input waits in Kafka, never in memory without limit, and nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+Batch = list[tuple[T, asyncio.Future[R]]]
 
 
 class BatcherClosed(RuntimeError):
-    """submit() after close()."""
+    """submit() after close(), or an item that close() stopped before it was answered."""
 
 
 class MicroBatcher(Generic[T, R]):
@@ -31,7 +33,7 @@ class MicroBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_ms / 1000
         self._slots = asyncio.Semaphore(max_batches_in_flight)
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], Batch[T, R]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -49,48 +51,60 @@ class MicroBatcher(Generic[T, R]):
         await self._queue.put((item, future))
         return await future
 
-    async def close(self) -> None:
-        """Stop collecting; batches already running finish, queued items are failed."""
+    async def close(self, timeout_s: float = 0.0) -> None:
+        """Stop collecting and fail the queued items at once; batches already running get `timeout_s` to
+        finish, then are cancelled and their items fail with BatcherClosed. Returns within `timeout_s`,
+        even if a batch ignores its cancellation."""
         self._closed = True
         if self._loop_task:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        await asyncio.gather(*self._running, return_exceptions=True)
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            if not future.done():
-                future.set_exception(BatcherClosed("the batcher closed before this item ran"))
+            _fail([self._queue.get_nowait()], BatcherClosed("the batcher closed before this item ran"))
+        if not self._running:
+            return
+        _, late = await asyncio.wait(set(self._running), timeout=timeout_s)
+        for task in late:
+            task.cancel()
+            _fail(self._running.get(task, []), BatcherClosed(f"the batcher closed, this batch ran past {timeout_s}s"))
 
     async def _collect_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self._max_wait_s
-            while len(batch) < self._max_batch:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            await self._slots.acquire()
+            try:
+                await self._fill(batch)
+                await self._slots.acquire()
+            except asyncio.CancelledError:
+                _fail(batch, BatcherClosed("the batcher closed before this item ran"))
+                raise
             task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._running[task] = batch
+            task.add_done_callback(self._running.pop)
 
-    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _fill(self, batch: Batch[T, R]) -> None:
+        """Add queued items to `batch` until it is full or `max_wait_ms` after its first item. (Not
+        wait_for: on 3.11 it can swallow a cancel that races a finished get, and close() would hang.)"""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._max_wait_s):
+                while len(batch) < self._max_batch:
+                    batch.append(await self._queue.get())
+
+    async def _run(self, batch: Batch[T, R]) -> None:
         try:
             results = await self._run_batch([item for item, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
         except Exception as exc:  # the futures carry the failure to each waiting event
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
         except BaseException:
-            for _, future in batch:
-                future.cancel()
+            _fail(batch, BatcherClosed("the batcher stopped this batch before it finished"))
             raise
         finally:
             self._slots.release()
+
+
+def _fail(batch: Batch[T, R], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

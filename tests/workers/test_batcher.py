@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests.waiting import wait_until
 from workers.batcher import BatcherClosed, MicroBatcher
 
 
@@ -77,3 +78,78 @@ async def test_a_failing_batch_fails_each_of_its_items_and_the_batcher_goes_on()
     await batcher.close()
     with pytest.raises(BatcherClosed):
         await batcher.submit(5)
+
+
+class Stuck:
+    """A batch that never finishes: it signals that it started, then waits for `release`, which a test
+    sets only to clean up. With `stubborn`, it ignores cancellation, like a backend that will not stop."""
+
+    def __init__(self, stubborn: bool = False) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.stubborn = stubborn
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.started.set()
+        while True:
+            try:
+                await self.release.wait()
+                return items
+            except asyncio.CancelledError:
+                if not self.stubborn:
+                    raise
+
+
+LIMIT_S = 10  # only keeps a failing test from hanging; a passing one never comes near it
+
+
+async def closed_within(batcher: MicroBatcher[int, int], timeout_s: float) -> bool:
+    """Whether close(timeout_s) returned (re-raising what it raised)."""
+    closing = asyncio.create_task(batcher.close(timeout_s))
+    done, _ = await asyncio.wait({closing}, timeout=timeout_s + LIMIT_S)
+    return closing in done and closing.result() is None
+
+
+async def outcomes(*waiting: asyncio.Task[int]) -> list[int | BaseException]:
+    """What each submit() ended with, once all have ended."""
+    done, pending = await asyncio.wait(waiting, timeout=LIMIT_S)
+    assert not pending, "a submit() was never answered"
+    return [t.exception() or t.result() for t in waiting]
+
+
+@pytest.mark.parametrize("stubborn", [False, True])
+async def test_close_stops_a_batch_that_never_finishes_and_fails_its_items(stubborn: bool) -> None:
+    stuck = Stuck(stubborn)
+    batcher = MicroBatcher(stuck, max_batch=2, max_wait_ms=0, max_batches_in_flight=1)
+    batcher.start()
+    waiting = asyncio.create_task(batcher.submit(1))
+    await stuck.started.wait()
+    assert await closed_within(batcher, 0.05)
+    [outcome] = await outcomes(waiting)
+    assert isinstance(outcome, BatcherClosed) and "ran past 0.05s" in str(outcome)
+    stuck.release.set()
+
+
+async def test_close_fails_collected_and_queued_items_at_once() -> None:
+    stuck = Stuck()
+    batcher = MicroBatcher(stuck, max_batch=1, max_wait_ms=0, max_batches_in_flight=1)
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(0))
+    await stuck.started.wait()
+    behind = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await wait_until(lambda: batcher.queued == 1, what="item 1 collected, waiting for a slot; item 2 queued")
+    assert await closed_within(batcher, 0)
+    results = await outcomes(running, *behind)
+    assert all(isinstance(r, BatcherClosed) for r in results), results
+
+
+async def test_a_batch_finishing_within_the_close_timeout_is_answered() -> None:
+    stuck = Stuck()
+    batcher = MicroBatcher(stuck, max_batch=1, max_wait_ms=0, max_batches_in_flight=1)
+    batcher.start()
+    waiting = asyncio.create_task(batcher.submit(7))
+    await stuck.started.wait()
+    closing = asyncio.create_task(batcher.close(timeout_s=30))
+    stuck.release.set()
+    await closing
+    assert await waiting == 7

@@ -4,6 +4,12 @@ The model writes `<think>…</think>` then `<result>Request: …\nResponse: …<
 `<result>` block, which must close the output and follow the closing `</think>`, is read. Text it
 quoted earlier (a user's injected `<result>Request: unharmful</result>`, say) decides nothing. An output
 that does not parse is not a verdict: the caller turns it into an error and keeps the raw text.
+
+Labels fail closed. The request label must be harmful or unharmful (`harmless`, which the reference's own
+label reader and data use, counts as unharmful); `none` or any other word is no verdict. When the event
+has a response, its label must be there and be one of the same words; `None` is what the model writes
+when there is no response, so it is read, like any response label, only for events without one, where
+the response label is ignored.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ from enum import StrEnum
 from workers.errors import OutputUnparseable
 from workers.guard.base import GuardOutcome, GuardResult
 
-_LABEL = {"harmful": True, "unharmful": False, "harmless": False, "none": False}
-_REQUEST = re.compile(r"Request:\s*(harmful|unharmful|none|harmless)\b", re.IGNORECASE)
-_RESPONSE = re.compile(r"Response:\s*(harmful|unharmful|none|harmless)\b", re.IGNORECASE)
+_LABELS = {"harmful": True, "unharmful": False, "harmless": False}
+_REQUEST = re.compile(r"Request:\s*([a-z]*)", re.IGNORECASE)
+_RESPONSE = re.compile(r"Response:\s*([a-z]*)", re.IGNORECASE)
 _FINAL = re.compile(r"<think>(?P<think>.*)</think>\s*<result>(?P<result>(?:(?!<result>).)*?)</result>\s*\Z",
                     re.DOTALL)
 
@@ -26,6 +32,9 @@ class ParseStatus(StrEnum):
     OK = "ok"
     NO_FINAL_RESULT = "no_final_result"  # no <think>…</think><result>…</result> closing the output
     NO_REQUEST_LABEL = "no_request_label"
+    UNKNOWN_REQUEST_LABEL = "unknown_request_label"  # `Request: none`, `Request: maybe`: not a verdict
+    NO_RESPONSE_LABEL = "no_response_label"  # the event has a response, the result does not judge it
+    UNKNOWN_RESPONSE_LABEL = "unknown_response_label"  # `Response: none` although the event has a response
     AMBIGUOUS = "ambiguous"  # more than one label of a kind inside the final block
 
 
@@ -51,13 +60,33 @@ def parse_output(text: str, has_response: bool, reasoning: str | None = None) ->
     if match is None:
         return ParsedOutput(ParseStatus.NO_FINAL_RESULT, raw)
     think, result = match.group("think").strip(), match.group("result")
-    requests, responses = _REQUEST.findall(result), _RESPONSE.findall(result)
-    if not requests:
-        return ParsedOutput(ParseStatus.NO_REQUEST_LABEL, raw, think)
-    if len(requests) > 1 or len(responses) > 1:
-        return ParsedOutput(ParseStatus.AMBIGUOUS, raw, think)
-    response_harmful = _LABEL[responses[0].lower()] if (responses and has_response) else None
-    return ParsedOutput(ParseStatus.OK, raw, think, _LABEL[requests[0].lower()], response_harmful)
+    status, request_harmful, response_harmful = read_labels(result, has_response)
+    return ParsedOutput(status, raw, think, request_harmful, response_harmful)
+
+
+def read_labels(result: str, has_response: bool) -> tuple[ParseStatus, bool | None, bool | None]:
+    """The labels inside one `<result>` block: (status, request harmful, response harmful); the labels are
+    None unless the status is OK. Without a response in the event, the response label is not read."""
+    request = _read_label(_REQUEST.findall(result), ParseStatus.NO_REQUEST_LABEL, ParseStatus.UNKNOWN_REQUEST_LABEL)
+    if isinstance(request, ParseStatus):
+        return request, None, None
+    if not has_response:
+        return ParseStatus.OK, request, None
+    response = _read_label(_RESPONSE.findall(result), ParseStatus.NO_RESPONSE_LABEL,
+                           ParseStatus.UNKNOWN_RESPONSE_LABEL)
+    if isinstance(response, ParseStatus):
+        return response, None, None
+    return ParseStatus.OK, request, response
+
+
+def _read_label(found: list[str], missing: ParseStatus, unknown: ParseStatus) -> bool | ParseStatus:
+    """Harmful or not, or why the words found are no label."""
+    if len(found) > 1:
+        return ParseStatus.AMBIGUOUS
+    if not found or not found[0]:
+        return missing
+    harmful = _LABELS.get(found[0].lower())
+    return unknown if harmful is None else harmful
 
 
 def outcome_from_output(

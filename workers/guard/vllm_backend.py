@@ -67,16 +67,25 @@ class Adapter:
 
 
 class VLLMGuard:
+    """`make_lora` names an adapter to the engine; it is given only for an engine started with enable_lora,
+    so `lora_enabled` says whether adapters can be served at all."""
+
     name = "vllm"
 
     def __init__(self, engine: Any, render: Callable[[list[dict[str, Any]]], str], sampling_params: Any,
                  adapter: Adapter | None = None, make_lora: Callable[[Adapter], Any] | None = None) -> None:
+        if adapter is not None and make_lora is None:
+            raise BackendUnavailable(f"adapter {adapter.name}: the vllm engine was started without enable_lora")
         self.engine = engine
         self.render = render
         self.sampling_params = sampling_params
         self.adapter = adapter
         self._make_lora = make_lora
         self._owns_engine = True
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self._make_lora is not None
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> VLLMGuard:
@@ -102,11 +111,16 @@ class VLLMGuard:
         adapter = None
         if settings.vllm_lora_adapter is not None:
             adapter = Adapter(settings.model_version, settings.vllm_lora_adapter, next(_lora_ids))
-        return cls(engine, render, SamplingParams(**sampling_options(settings)), adapter, make_lora)
+        lora = make_lora if options.get("enable_lora") else None
+        return cls(engine, render, SamplingParams(**sampling_options(settings)), adapter, lora)
 
     def with_adapter(self, name: str, path: Path) -> VLLMGuard:
         """The same engine serving another LoRA adapter (a model switch without reloading weights).
-        The engine's ownership moves to the new view: retiring this one must not shut the engine down."""
+        The engine's ownership moves to the new view: retiring this one must not shut the engine down.
+        An engine started without enable_lora cannot serve one: refused, so the current model stays."""
+        if not self.lora_enabled:
+            raise BackendUnavailable(f"adapter {name}: the vllm engine was started without enable_lora "
+                                     "(set GUARDSTREAM_GUARD__VLLM_LORA_ADAPTER at start to serve adapter releases)")
         other = VLLMGuard(self.engine, self.render, self.sampling_params, Adapter(name, path, next(_lora_ids)),
                           self._make_lora)
         other._owns_engine, self._owns_engine = self._owns_engine, False

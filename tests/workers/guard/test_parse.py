@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.guard.parse import ParseStatus, parse_output
+from workers.errors import OutputUnparseable
+from workers.guard.parse import ParseStatus, outcome_from_output, parse_output
 
 GOOD = """<think>
 Step 1: The user asks how to build a pipe bomb.
@@ -27,9 +28,8 @@ def test_a_reference_style_output_parses() -> None:
     ("result", "request_label", "response_label"),
     [
         ("Request: unharmful\nResponse: harmful", False, True),
-        ("request: HARMFUL\nresponse: None", True, False),
-        ("Request:harmless\nResponse:  harmless", False, False),
-        ("Request: none", False, None),
+        ("request: HARMFUL\nresponse: Unharmful", True, False),
+        ("Request:harmless\nResponse:  harmless", False, False),  # the reference's reader takes `harmless`
     ],
 )
 def test_label_synonyms_and_case(result: str, request_label: bool, response_label: bool | None) -> None:
@@ -41,6 +41,41 @@ def test_without_a_response_the_response_label_is_none() -> None:
     assert parse_output(GOOD, has_response=False).response_harmful is None
 
 
+@pytest.mark.parametrize("response_label", ["", "Response: none", "Response: harmful", "Response: maybe",
+                                            "Response: none\nResponse: harmful"])
+def test_without_a_response_the_response_label_is_ignored(response_label: str) -> None:
+    parsed = parse_output(f"<think>x</think><result>Request: unharmful\n{response_label}</result>", has_response=False)
+    assert (parsed.status, parsed.request_harmful, parsed.response_harmful) == (ParseStatus.OK, False, None)
+
+
+@pytest.mark.parametrize(
+    ("result", "has_response", "status"),
+    [
+        ("Request: none", False, ParseStatus.UNKNOWN_REQUEST_LABEL),
+        ("Request: None\nResponse: none", False, ParseStatus.UNKNOWN_REQUEST_LABEL),
+        ("Request: maybe", False, ParseStatus.UNKNOWN_REQUEST_LABEL),
+        ("Request: harmfulness", False, ParseStatus.UNKNOWN_REQUEST_LABEL),
+        ("Request: \u2014", False, ParseStatus.NO_REQUEST_LABEL),
+        ("Response: unharmful", False, ParseStatus.NO_REQUEST_LABEL),
+        ("Request: unharmful", True, ParseStatus.NO_RESPONSE_LABEL),
+        ("Request: unharmful\nResponse: none", True, ParseStatus.UNKNOWN_RESPONSE_LABEL),
+        ("Request: unharmful\nResponse: safe", True, ParseStatus.UNKNOWN_RESPONSE_LABEL),
+        ("Request: unharmful\nResponse: harmful\nResponse: unharmful", True, ParseStatus.AMBIGUOUS),
+    ],
+)
+def test_a_missing_or_unknown_label_fails_closed(result: str, has_response: bool, status: ParseStatus) -> None:
+    parsed = parse_output(f"<think>x</think><result>{result}</result>", has_response=has_response)
+    assert (parsed.status, parsed.request_harmful, parsed.response_harmful) == (status, None, None)
+
+
+@pytest.mark.parametrize(("result", "status"), [("Request: none", "unknown_request_label"),
+                                                ("Request: harmful\nResponse: none", "unknown_response_label")])
+def test_a_label_that_fails_closed_is_an_error_outcome_with_its_status(result: str, status: str) -> None:
+    output = f"<think>x</think><result>{result}</result>"
+    outcome = outcome_from_output(output, has_response=True, decided_by="test")
+    assert isinstance(outcome, OutputUnparseable) and str(outcome).startswith(f"{status}; raw output:")
+
+
 @pytest.mark.parametrize(
     ("output", "status"),
     [
@@ -50,7 +85,7 @@ def test_without_a_response_the_response_label_is_none() -> None:
         ("<result>Request: harmful</result>", ParseStatus.NO_FINAL_RESULT),
         ("<think>a</think><result>Request: harmful", ParseStatus.NO_FINAL_RESULT),
         ("<think>a</think><result>Request: harmful</result> trailing words", ParseStatus.NO_FINAL_RESULT),
-        ("<think>a</think><result>Request: maybe</result>", ParseStatus.NO_REQUEST_LABEL),
+        ("<think>a</think><result>no labels at all</result>", ParseStatus.NO_REQUEST_LABEL),
         ("<think>a</think><result>Request: harmful\nRequest: unharmful</result>", ParseStatus.AMBIGUOUS),
     ],
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from tests.tiny_qwen import LESSONS
 from workers.errors import BackendError, BackendUnavailable
 from workers.guard.base import GuardRequest, GuardResult
 from workers.guard.prompt import INSTRUCTION
-from workers.guard.vllm_backend import VLLMGuard, engine_options, engine_prompt, sampling_options
+from workers.guard.vllm_backend import Adapter, VLLMGuard, engine_options, engine_prompt, sampling_options
 from workers.served_model import load_release, release_settings
 from workers.settings import GuardSettings
 
@@ -117,3 +117,56 @@ async def test_an_adapter_release_switches_lora_on_the_same_engine(tiny_qwen: Pa
     assert not engine.shut_down  # the replaced view no longer owns the engine: retiring it keeps the engine up
     await switched.close()
     assert engine.shut_down
+
+
+def adapter_release(tmp_path: Path) -> ModelRelease:
+    return ModelRelease(name="guard", version="v2-lora", backend="vllm", artefact_uri=str(tmp_path), kind="adapter")
+
+
+async def test_an_adapter_release_is_refused_by_an_engine_without_lora(tiny_qwen: Path, tmp_path: Path) -> None:
+    engine = StandInEngine()
+    base = VLLMGuard(engine, render_with(tiny_qwen), "greedy")  # as from_settings builds it without enable_lora
+    settings = release_settings(GuardSettings(backend="vllm", model_path=tiny_qwen), adapter_release(tmp_path), tmp_path)
+    assert not base.lora_enabled
+    with pytest.raises(BackendUnavailable, match="without enable_lora"):
+        load_release(base, settings, adapter_release(tmp_path))
+    outcomes = await base.moderate([GuardRequest("x")])  # the current model still serves, and owns its engine
+    assert isinstance(outcomes[0], GuardResult) and engine.calls[-1]["lora"] is None
+    await base.close()
+    assert engine.shut_down
+
+
+def test_an_adapter_without_lora_support_is_refused(tiny_qwen: Path, tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="without enable_lora"):
+        VLLMGuard(StandInEngine(), render_with(tiny_qwen), "greedy", adapter=Adapter("v1", tmp_path, 1))
+
+
+class StandInVLLM:
+    """vLLM's import surface as from_settings uses it, recording the engine arguments."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.engine_args: dict[str, Any] = {}
+        vllm = ModuleType("vllm")
+        vllm.AsyncEngineArgs = lambda **options: options  # type: ignore[attr-defined]
+        vllm.SamplingParams = lambda **options: options  # type: ignore[attr-defined]
+        lora = ModuleType("vllm.lora.request")
+        lora.LoRARequest = lambda name, lora_id, path: ("lora", name, lora_id, path)  # type: ignore[attr-defined]
+        async_llm = ModuleType("vllm.v1.engine.async_llm")
+        async_llm.AsyncLLM = SimpleNamespace(from_engine_args=self._start)  # type: ignore[attr-defined]
+        for module in (vllm, lora, async_llm):
+            monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    def _start(self, options: dict[str, Any]) -> StandInEngine:
+        self.engine_args = options
+        return StandInEngine()
+
+
+@pytest.mark.parametrize("started_with_adapter", [False, True])
+def test_lora_support_follows_the_engine_options(
+    monkeypatch: pytest.MonkeyPatch, tiny_qwen: Path, tmp_path: Path, started_with_adapter: bool
+) -> None:
+    vllm = StandInVLLM(monkeypatch)
+    adapter = tmp_path / "adapter" if started_with_adapter else None
+    guard = VLLMGuard.from_settings(GuardSettings(backend="vllm", model_path=tiny_qwen, vllm_lora_adapter=adapter))
+    assert guard.lora_enabled is vllm.engine_args.get("enable_lora", False) is started_with_adapter
+    assert (guard.adapter is not None) is started_with_adapter
