@@ -126,11 +126,14 @@ class SourceRef(BaseModel):
 
 
 class DeadLetter(WireModel):
-    """Input that could not be moderated, kept whole with the reason."""
+    """Input that could not be moderated, with the reason. The raw value is kept up to a configured size
+    (`raw_value_truncated` marks a cut one); `source` always finds the whole record on its topic."""
 
     source: SourceRef
     event_id: str | None = None
     raw_value_b64: str
+    raw_value_bytes: int | None = None
+    raw_value_truncated: bool = False
     reason: str
     message: str
     retriable: bool = False

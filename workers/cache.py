@@ -1,12 +1,16 @@
 """Step 3b: answers for content keys already judged, in Redis (or in process when there is no Redis).
 
 Keys carry the model name, model version and policy version, so a new model or policy never reads an
-old one's answers. A Redis failure never stops the worker: the lookup counts as a miss, the write is
+old one's answers, and the format of the stored result (`RESULT_FORMAT`, a digest of GuardResult's
+fields), so a version that stores more or fewer fields (an upgrade, or the rollback after it) never
+reads the other's entries. An entry that still cannot be read counts as a miss and is overwritten. A Redis failure never stops the worker: the lookup counts as a miss, the write is
 skipped, the error is logged and counted, and Redis is left alone for `retry_after_s`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from collections.abc import Iterable
 from typing import Protocol
@@ -33,8 +37,30 @@ class ResultCache(Protocol):
     async def close(self) -> None: ...
 
 
+def _result_format() -> str:
+    described = ",".join(f"{f.name}:{f.type}" for f in dataclasses.fields(GuardResult))
+    return hashlib.sha256(described.encode()).hexdigest()[:8]
+
+
+RESULT_FORMAT = _result_format()
+
+
 def cache_key(prefix: str, model_name: str, model_version: str, policy_version: str, content_key: str) -> str:
-    return f"{prefix}:v1:{model_name}:{model_version}:{policy_version}:{content_key}"
+    return f"{prefix}:r{RESULT_FORMAT}:{model_name}:{model_version}:{policy_version}:{content_key}"
+
+
+def read_entries(keys: list[str], values: list[bytes | None], metrics: WorkerMetrics) -> dict[str, GuardResult]:
+    """The entries that parse as this version's GuardResult; the others count as misses."""
+    found: dict[str, GuardResult] = {}
+    for key, value in zip(keys, values, strict=True):
+        if value is None:
+            continue
+        try:
+            found[key] = GuardResult.from_json(value)
+        except (ValueError, TypeError) as exc:
+            metrics.cache_unreadable.inc()
+            log.warning("cache_entry_unreadable", key=key, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    return found
 
 
 def redact_url(url: str) -> str:
@@ -74,7 +100,7 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             self._degrade("get", exc)
             return {}
-        return {k: GuardResult.from_json(v) for k, v in zip(keys, values, strict=True) if v is not None}
+        return read_entries(keys, values, self.metrics)
 
     async def put_many(self, items: dict[str, GuardResult]) -> None:
         if not items or self._skipping():

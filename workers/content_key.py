@@ -37,4 +37,5 @@ def content_key(
         "policy": policy_version,
     }
     canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate (which decode refuses, but other callers may pass) still hashes
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

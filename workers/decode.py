@@ -1,8 +1,12 @@
-"""Step 2: turn a record's bytes into a valid ChatEvent within the configured limits, or say why not."""
+"""Step 2: turn a record's bytes into a valid ChatEvent within the configured limits, or say why not.
+
+The bytes go straight to pydantic's JSON parser (jiter), which refuses what Python's `json` lets
+through and the rest of the path cannot take: invalid UTF-8, lone surrogate escapes, nesting beyond
+its recursion limit, numbers out of range. So every way a record can be malformed ends here, as a
+typed InputError, and an event that decodes is safe to hash, serialise and log.
+"""
 
 from __future__ import annotations
-
-import json
 
 from pydantic import ValidationError
 
@@ -10,23 +14,28 @@ from schemas.events import ChatEvent
 from workers.errors import DecodeError, LimitError, SchemaError
 from workers.settings import LimitSettings
 
+SCHEMA_ERRORS_SHOWN = 5  # a record can carry thousands; the first few say what is wrong
+
 
 def decode_event(value: bytes | None, limits: LimitSettings) -> ChatEvent:
-    """Raise DecodeError or SchemaError (no event to answer: dead letter only)."""
+    """Raise DecodeError, SchemaError or LimitError (no event to answer: dead letter only)."""
     if value is None:
         raise DecodeError("record has no value (tombstone)")
     if len(value) > limits.max_record_bytes:
         raise LimitError(f"record is {len(value)} bytes, limit {limits.max_record_bytes}")
     try:
-        data = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"value is not UTF-8 JSON: {exc}") from exc
-    try:
-        event = ChatEvent.model_validate(data)
+        return ChatEvent.model_validate_json(value)
     except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors())
-        raise SchemaError(f"not a valid ChatEvent: {errors}") from exc
-    return event
+        raise _input_error(exc) from None  # the chained pydantic error would repeat every message
+
+
+def _input_error(exc: ValidationError) -> DecodeError | SchemaError:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    if errors[0]["type"] == "json_invalid":
+        return DecodeError(f"value is not UTF-8 JSON: {errors[0]['msg']}")
+    shown = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in errors[:SCHEMA_ERRORS_SHOWN])
+    more = len(errors) - SCHEMA_ERRORS_SHOWN
+    return SchemaError(f"not a valid ChatEvent: {shown}" + (f"; and {more} more errors" if more > 0 else ""))
 
 
 def check_limits(event: ChatEvent, limits: LimitSettings) -> None:

@@ -1,15 +1,57 @@
-"""Step 7: produce verdicts and dead letters, and wait for the broker to acknowledge them."""
+"""Step 7: build verdicts and dead letters, and produce them until the broker has them.
+
+Every refusal of the broker is classified (`classify`):
+- transient (a leader moving, a timeout, a lost connection): retried with a backoff capped at
+  `kafka.produce_backoff_max_s`, counted in `guardstream_produce_retries_total`;
+- too large: the record is made smaller once (a dead letter loses its raw value, a verdict its long
+  reasoning, each with a marker) and sent again;
+- permanent (authorization, a missing topic, a record still too large): retried at the capped backoff
+  too, because dropping it would lose an answer, but the worker reports the stall: `/readyz` answers 503
+  and `guardstream_produce_stalled` counts the answers waiting.
+The offset of an event is answered only once every part of its answer is acknowledged, and a part
+the broker took is never sent again.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Callable
+from enum import StrEnum
+from typing import TypeVar
 
+import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    UnknownTopicOrPartitionError,
+)
+from pydantic import BaseModel
 
 from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, Verdict, VerdictStatus
 from topics.registry import TopicNames
 from workers.errors import GuardstreamError
 from workers.guard.base import GuardResult
+from workers.metrics import WorkerMetrics
+from workers.settings import KafkaSettings, LimitSettings
+
+log = structlog.get_logger("guardstream.emit")
+
+M = TypeVar("M", bound=BaseModel)
+
+STALL_AFTER_ATTEMPTS = 3  # transient failures in a row after which an answer counts as stalled
+SHRUNK_REASONING_CHARS = 1_000
+SHRUNK_MESSAGE_CHARS = 500
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` up to `limit` characters, with a marker saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [cut: {len(text) - limit} more characters]"
 
 
 def _answering(event: ChatEvent) -> dict[str, str]:
@@ -42,10 +84,12 @@ def ok_verdict(
 def error_verdict(
     event: ChatEvent, error: GuardstreamError, model: ModelRef, policy_version: str, timings_ms: dict[str, float]
 ) -> Verdict:
+    """An event that could not be moderated. It says why in a fixed sentence (`error.summary`): the
+    detail, which may name sizes, locations and digests, goes only to the dead-letter topic."""
     return Verdict(
         **_answering(event),
         status=VerdictStatus.ERROR,
-        reasoning=f"not moderated: {error}",
+        reasoning=f"not moderated: {error.summary}",
         model=model,
         policy_version=policy_version,
         error=error.info(),
@@ -53,24 +97,91 @@ def error_verdict(
     )
 
 
-def dead_letter(source: SourceRef, raw: bytes | None, error: GuardstreamError, event_id: str | None) -> DeadLetter:
+def dead_letter(
+    source: SourceRef, raw: bytes | None, error: GuardstreamError, event_id: str | None, limits: LimitSettings
+) -> DeadLetter:
+    raw = raw or b""
+    kept = raw[: limits.max_dead_letter_raw_bytes]
     return DeadLetter(
         source=source,
         event_id=event_id,
-        raw_value_b64=base64.b64encode(raw or b"").decode("ascii"),
+        raw_value_b64=base64.b64encode(kept).decode("ascii"),
+        raw_value_bytes=len(raw),
+        raw_value_truncated=len(kept) < len(raw),
         reason=error.code,
-        message=str(error),
+        message=cut(str(error), limits.max_error_chars),
         retriable=error.retriable,
     )
 
 
-class Emitter:
-    def __init__(self, producer: AIOKafkaProducer, topics: TopicNames) -> None:
+def smaller_dead_letter(letter: DeadLetter) -> DeadLetter:
+    return letter.model_copy(update={"raw_value_b64": "", "raw_value_truncated": letter.raw_value_bytes != 0,
+                                     "message": cut(letter.message, SHRUNK_MESSAGE_CHARS)})
+
+
+def smaller_verdict(verdict: Verdict) -> Verdict:
+    return verdict.model_copy(update={"reasoning": cut(verdict.reasoning, SHRUNK_REASONING_CHARS)})
+
+
+class ProduceFailure(StrEnum):
+    TRANSIENT = "transient"
+    TOO_LARGE = "too_large"
+    PERMANENT = "permanent"
+
+
+def classify(exc: KafkaError) -> ProduceFailure:
+    """What a broker's refusal means for the answer that it refused."""
+    if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
+        return ProduceFailure.TOO_LARGE
+    if isinstance(exc, UnknownTopicOrPartitionError):  # retriable to Kafka while a topic is created; here a gap
+        return ProduceFailure.PERMANENT
+    if exc.retriable or isinstance(exc, KafkaTimeoutError):
+        return ProduceFailure.TRANSIENT
+    return ProduceFailure.PERMANENT
+
+
+class Publisher:
+    def __init__(self, producer: AIOKafkaProducer, topics: TopicNames, kafka: KafkaSettings,
+                 metrics: WorkerMetrics) -> None:
         self.producer = producer
         self.topics = topics
+        self.backoff_max_s = kafka.produce_backoff_max_s
+        self.metrics = metrics
+        self.stalled = 0  # answers the broker keeps refusing; /readyz reports them
 
-    async def verdict(self, verdict: Verdict, key: bytes | None) -> None:
-        await self.producer.send_and_wait(self.topics.verdicts, verdict.model_dump_json().encode(), key=key)
+    async def publish(self, key: bytes | None, verdict: Verdict | None, letter: DeadLetter | None) -> None:
+        """The dead letter, then the verdict; each is sent until acknowledged, and only once."""
+        if letter is not None:
+            await self._deliver(self.topics.dlq, letter, key, smaller_dead_letter)
+        if verdict is not None:
+            await self._deliver(self.topics.verdicts, verdict, key, smaller_verdict)
 
-    async def dead_letter(self, letter: DeadLetter, key: bytes | None) -> None:
-        await self.producer.send_and_wait(self.topics.dlq, letter.model_dump_json().encode(), key=key)
+    async def _deliver(self, topic: str, record: M, key: bytes | None, shrink: Callable[[M], M]) -> None:
+        attempt, shrunk, stalled = 0, False, False
+        try:
+            while True:
+                try:
+                    with self.metrics.stage_seconds.labels("emit").time():
+                        await self.producer.send_and_wait(topic, record.model_dump_json().encode(), key=key)
+                    return
+                except KafkaError as exc:
+                    attempt += 1
+                    failure = classify(exc)
+                    self.metrics.produce_retries.labels(failure.value, type(exc).__name__).inc()
+                    if failure is ProduceFailure.TOO_LARGE and not shrunk:
+                        record, shrunk = shrink(record), True
+                        log.warning("produce_shrunk", topic=topic, error=type(exc).__name__)
+                        continue
+                    if not stalled and (failure is not ProduceFailure.TRANSIENT or attempt >= STALL_AFTER_ATTEMPTS):
+                        stalled = True
+                        self._stall(+1)
+                    log.error("produce_failed", topic=topic, attempt=attempt, failure=failure.value,
+                              error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(min(self.backoff_max_s, 0.1 * 2**attempt))
+        finally:
+            if stalled:
+                self._stall(-1)
+
+    def _stall(self, change: int) -> None:
+        self.stalled += change
+        self.metrics.produce_stalled.set(self.stalled)

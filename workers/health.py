@@ -9,11 +9,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
+                 problems: Callable[[], list[str]] = list) -> None:
         self.host = host
         self.port = port
         self._registry = registry
         self._ready = ready
+        self._problems = problems
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -36,7 +38,7 @@ class HealthServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         ready = self._ready()
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        return web.json_response({"ready": ready, "problems": self._problems()}, status=200 if ready else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self._registry)

@@ -42,5 +42,16 @@ class WorkerMetrics:
                                 registry=r)
         self.model_switches = Counter("guardstream_model_switches", "Model releases switched to", registry=r)
         self.models_retired = Counter("guardstream_models_retired", "Replaced models closed once idle", registry=r)
+        self.poll_errors = Counter("guardstream_poll_errors", "Polls the consumer could not read (a batch it "
+                                   "cannot decode, a broker error)", ["error"], registry=r)
+        self.produce_retries = Counter("guardstream_produce_retries", "Verdicts and dead letters the broker refused",
+                                       ["failure", "error"], registry=r)
+        self.produce_stalled = Gauge("guardstream_produce_stalled", "Answers the broker keeps refusing", registry=r)
+        self.task_failures = Counter("guardstream_task_failures", "Worker tasks that ended in an exception",
+                                     ["task"], registry=r)
+        self.cache_unreadable = Counter("guardstream_cache_unreadable", "Cache entries that could not be read "
+                                        "(counted as misses)", registry=r)
+        self.model_watch_errors = Counter("guardstream_model_watch_errors", "Failures of the release watcher "
+                                          "(it restarts)", registry=r)
         self.model_switch_failures = Counter("guardstream_model_switch_failures", "Releases that failed to load",
                                              registry=r)

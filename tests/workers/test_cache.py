@@ -7,7 +7,7 @@ import uuid
 import redis
 
 from topics.local_broker import free_loopback_port
-from workers.cache import MemoryCache, RedisCache, cache_key
+from workers.cache import RESULT_FORMAT, MemoryCache, RedisCache, cache_key
 from workers.guard.base import GuardResult
 from workers.metrics import WorkerMetrics
 from workers.settings import CacheSettings
@@ -27,7 +27,7 @@ async def test_results_round_trip_with_a_ttl(redis_url: str) -> None:
 
 def test_keys_carry_model_and_policy_versions() -> None:
     keys = {cache_key("gs", "m", v, p, "c") for v in ("1", "2") for p in ("p1", "p2")}
-    assert len(keys) == 4 and all(k.startswith("gs:v1:m:") for k in keys)
+    assert len(keys) == 4 and all(k.startswith(f"gs:r{RESULT_FORMAT}:m:") for k in keys)
 
 
 async def test_an_unreachable_redis_degrades_to_misses_and_is_counted() -> None:

@@ -34,7 +34,14 @@ class GuardResult:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> GuardResult:
-        return cls(**json.loads(raw))
+        """Raise ValueError or TypeError for anything but an entry this version wrote."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError(f"a cached result is a JSON object, not {type(data).__name__}")
+        result = cls(**data)
+        if not isinstance(result.request_harmful, bool) or not isinstance(result.reasoning, str):
+            raise TypeError("a cached result has labels of the wrong type")
+        return result
 
 
 GuardOutcome = GuardResult | GuardstreamError
