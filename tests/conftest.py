@@ -6,11 +6,11 @@ Everything listens on 127.0.0.1. Each test gets its own topic prefix, consumer g
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,10 +20,12 @@ from pathlib import Path
 import boto3
 import pytest
 import redis
+from aiokafka import ConsumerRecord
 from moto.server import ThreadedMotoServer
 
-from schemas.events import Verdict
-from tests.kafka_io import read_topic
+from schemas.events import DeadLetter, Verdict
+from tests.kafka_io import committed_offsets, partition_ends, read_topic, read_until
+from tests.waiting import wait_until
 from topics.admin import create_topics
 from topics.local_broker import LocalBroker, NotListening, free_loopback_port, wait_until_listening
 from topics.registry import TopicNames, topic_specs
@@ -74,27 +76,45 @@ def start_redis_process(port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(100):
+    try:
+        wait_until_listening(process, port, timeout_s=10)  # no persistence to load: listening is ready
+    except NotListening:
+        stop_process(process)
+        raise
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """Terminate a process a fixture started, killing it if it does not exit in time."""
+    if process.poll() is None:
+        process.terminate()
         try:
-            if client.ping():
-                return process
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError(f"redis-server did not answer on 127.0.0.1:{port}")
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def machine_redis_answers() -> bool:
+    try:
+        with redis.Redis.from_url(DEFAULT_REDIS, socket_timeout=0.5) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The machine's Redis on 127.0.0.1:6379 if it answers; otherwise one the tests start."""
-    try:
-        if redis.Redis.from_url(DEFAULT_REDIS, socket_timeout=0.5).ping():
-            return DEFAULT_REDIS
-    except redis.ConnectionError:
-        pass
+def redis_url() -> Iterator[str]:
+    """The machine's Redis on 127.0.0.1:6379 if it answers; otherwise one the tests start, and stop."""
+    if machine_redis_answers():
+        yield DEFAULT_REDIS
+        return
     port = free_loopback_port()
-    start_redis_process(port)
-    return f"redis://127.0.0.1:{port}/0"
+    process = start_redis_process(port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture
@@ -103,8 +123,8 @@ def own_redis() -> Iterator[RedisServer]:
     port = free_loopback_port()
     server = RedisServer(url=f"redis://127.0.0.1:{port}/0", process=start_redis_process(port), port=port)
     yield server
-    if server.process and server.process.poll() is None:
-        server.kill()
+    if server.process is not None:
+        stop_process(server.process)
 
 
 @dataclass(frozen=True)
@@ -183,20 +203,46 @@ async def running_worker(settings: WorkerSettings, backend: object, **kwargs: ob
     worker = Worker(settings, backend=backend, **kwargs)  # type: ignore[arg-type]
     task = asyncio.create_task(worker.run())
     try:
-        while not worker.ready:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: worker.ready or task.done(), timeout_s=120, what="the worker is ready")
+        if task.done():
+            task.result()
         yield worker
     finally:
         worker.stop()
         await task
 
 
-async def verdicts_for(settings: WorkerSettings, count: int, timeout_s: float = 60) -> list[Verdict]:
+async def verdicts_for(settings: WorkerSettings, count: int, timeout_s: float = 60,
+                       settle_s: float = 0.0) -> list[Verdict]:
+    """At least `count` verdicts; with `settle_s` (QUIET_S), every verdict until the topic is quiet."""
     records = await read_topic(settings.kafka.bootstrap_servers, TopicNames(settings.kafka.topic_prefix).verdicts,
-                               count, timeout_s)
+                               count, timeout_s, settle_s)
     return [Verdict.model_validate_json(r.value) for r in records]
+
+
+async def verdicts_covering(settings: WorkerSettings, event_ids: set[str], timeout_s: float = 60,
+                            settle_s: float = 0.0) -> list[Verdict]:
+    """Every verdict on the topic once each of `event_ids` has one (duplicates included)."""
+    def covered(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        return event_ids <= {json.loads(r.value)["event_id"] for r in records}
+
+    records = await read_until(settings.kafka.bootstrap_servers, TopicNames(settings.kafka.topic_prefix).verdicts,
+                               covered, timeout_s, settle_s, what=f"a verdict for each of {len(event_ids)} events")
+    return [Verdict.model_validate_json(r.value) for r in records]
+
+
+async def dead_letters_for(settings: WorkerSettings, count: int, timeout_s: float = 60,
+                           settle_s: float = 0.0) -> list[DeadLetter]:
+    records = await read_topic(settings.kafka.bootstrap_servers, TopicNames(settings.kafka.topic_prefix).dlq,
+                               count, timeout_s, settle_s)
+    return [DeadLetter.model_validate_json(r.value) for r in records]
+
+
+async def committed_and_end(settings: WorkerSettings, produced: int) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offset and the end of each partition of the events topic, which holds `produced`."""
+    servers, topic = settings.kafka.bootstrap_servers, TopicNames(settings.kafka.topic_prefix).events
+    ends = partition_ends(await read_topic(servers, topic, produced), PARTITIONS)
+    return await committed_offsets(servers, settings.kafka.group_id, topic, PARTITIONS), ends
 
 
 @pytest.fixture(scope="session")
@@ -225,8 +271,9 @@ def openai_server(tiny_qwen: Path) -> Iterator[str]:
     try:
         wait_until_listening(process, port, timeout_s=120)
     except NotListening:
-        process.kill()
+        stop_process(process)
         raise
-    yield f"http://127.0.0.1:{port}/v1"
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_process(process)

@@ -11,14 +11,16 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
 
-from schemas.events import ChatEvent, Verdict
-from tests.conftest import PARTITIONS, running_worker, verdicts_for
+from schemas.events import ChatEvent
+from tests.conftest import committed_and_end, running_worker, verdicts_covering, verdicts_for
 from tests.factories import BENIGN, HARMFUL, event
-from tests.kafka_io import read_topic
+from tests.kafka_io import QUIET_S, read_topic
 from topics.io import produce_events
 from workers.settings import WorkerSettings
 
@@ -33,26 +35,26 @@ def settings_env(settings: WorkerSettings) -> dict[str, str]:
         if isinstance(value, dict):
             for key, inner in value.items():
                 walk(f"{prefix}__{key.upper()}" if prefix else key.upper(), inner)
+        elif isinstance(value, SecretStr):  # dumped as ******** otherwise
+            env[f"GUARDSTREAM_{prefix}"] = value.get_secret_value()
         elif value is not None:
             env[f"GUARDSTREAM_{prefix}"] = json.dumps(value) if isinstance(value, list | bool) else str(value)
 
-    walk("", settings.model_dump(mode="json"))
+    walk("", settings.model_dump())
     return env
 
 
-async def committed_offsets(settings: WorkerSettings) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=settings.kafka.group_id,
-                                enable_auto_commit=False)
-    await consumer.start()
+@contextmanager
+def worker_process(settings: WorkerSettings) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m workers worker` with these settings; killed on exit if it is still running."""
+    env = {**os.environ, **settings_env(settings), "GUARDSTREAM_OBSERVABILITY__LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env)
     try:
-        topic = f"{settings.kafka.topic_prefix}chat.events"
-        out = {}
-        for p in range(PARTITIONS):
-            offset = await consumer.committed(TopicPartition(topic, p))
-            out[p] = offset if offset is not None else 0
-        return out
+        yield process
     finally:
-        await consumer.stop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.slow
@@ -66,17 +68,14 @@ async def test_killed_worker_commits_no_unanswered_offset_and_restart_answers_al
     events = [event(f"{texts[i % len(texts)]} (message {i})", conversation=f"c{i % 13}") for i in range(EVENTS)]
     await produce_events(settings.kafka.bootstrap_servers, topic, events)
 
-    env = {**os.environ, **settings_env(settings), "GUARDSTREAM_OBSERVABILITY__LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env)
-    try:
+    with worker_process(settings) as process:
         await verdicts_for(settings, 40, timeout_s=120)
-    finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
 
-    commits = await committed_offsets(settings)
+    commits, _ = await committed_and_end(settings, EVENTS)
     inputs = await read_topic(settings.kafka.bootstrap_servers, topic, EVENTS)
-    answered = {v.event_id for v in await verdicts_for(settings, 40)}
+    answered = {v.event_id for v in await verdicts_for(settings, 40, settle_s=QUIET_S)}  # all it got out
     position = {ChatEvent.model_validate_json(r.value).event_id: (r.partition, r.offset) for r in inputs}
     assert len(answered) < EVENTS, "the worker finished before it was killed: nothing was tested"
     unanswered_offsets: dict[int, list[int]] = defaultdict(list)
@@ -88,9 +87,7 @@ async def test_killed_worker_commits_no_unanswered_offset_and_restart_answers_al
     assert sum(commits.values()) > 0, "nothing was committed before the kill: the invariant was not exercised"
 
     async with running_worker(settings, lite_guard):
-        verdicts: list[Verdict] = await verdicts_for(settings, EVENTS, timeout_s=120)
-        while {v.event_id for v in verdicts} != set(position):
-            verdicts = await verdicts_for(settings, len(verdicts) + 1, timeout_s=120)
+        verdicts = await verdicts_covering(settings, set(position), timeout_s=120)
     assert {v.event_id for v in verdicts} == set(position)
 
 
@@ -100,17 +97,11 @@ async def test_sigterm_drains_commits_and_exits_cleanly(settings: WorkerSettings
     topic = f"{settings.kafka.topic_prefix}chat.events"
     events = [event(f"{BENIGN[i % len(BENIGN)]} (note {i})", conversation=f"c{i % 5}") for i in range(60)]
     await produce_events(settings.kafka.bootstrap_servers, topic, events)
-    env = {**os.environ, **settings_env(settings), "GUARDSTREAM_OBSERVABILITY__LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env)
-    try:
-        verdicts = await verdicts_for(settings, len(events), timeout_s=120)
-    finally:
+    with worker_process(settings) as process:
+        verdicts = await verdicts_covering(settings, {e.event_id for e in events}, timeout_s=120)
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=60)
     assert returncode == 0
     assert {v.event_id for v in verdicts} == {e.event_id for e in events}
-    inputs = await read_topic(settings.kafka.bootstrap_servers, topic, len(events))
-    ends: dict[int, int] = defaultdict(int)
-    for record in inputs:
-        ends[record.partition] = max(ends[record.partition], record.offset + 1)
-    assert await committed_offsets(settings) == {p: ends.get(p, 0) for p in range(PARTITIONS)}
+    committed, ends = await committed_and_end(settings, len(events))
+    assert committed == ends
