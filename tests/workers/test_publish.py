@@ -1,0 +1,125 @@
+"""Producing answers: every refusal of the broker is classified, retried or degraded, never dropped, and a
+part of an answer the broker took is never sent again. Against the real broker; refusals are injected in
+front of a real producer, because the local broker cannot be made to refuse on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    RecordListTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
+
+from schemas.events import DeadLetter, ModelRef, SourceRef, Verdict
+from tests.factories import event
+from tests.kafka_io import read_topic
+from tests.waiting import wait_until
+from topics.local_broker import LocalBroker
+from topics.registry import TopicNames
+from workers.emit import ProduceFailure, Publisher, classify, dead_letter, error_verdict
+from workers.errors import ImageNotFound
+from workers.metrics import WorkerMetrics
+from workers.settings import KafkaSettings, LimitSettings
+
+
+@pytest.mark.parametrize(
+    ("error", "failure"),
+    [
+        (KafkaConnectionError(), ProduceFailure.TRANSIENT),
+        (NotLeaderForPartitionError(), ProduceFailure.TRANSIENT),
+        (KafkaTimeoutError(), ProduceFailure.TRANSIENT),
+        (MessageSizeTooLargeError(), ProduceFailure.TOO_LARGE),
+        (RecordListTooLargeError(), ProduceFailure.TOO_LARGE),
+        (TopicAuthorizationFailedError(), ProduceFailure.PERMANENT),
+        (UnknownTopicOrPartitionError(), ProduceFailure.PERMANENT),
+    ],
+)
+def test_refusals_are_classified_by_what_a_retry_can_cure(error: KafkaError, failure: ProduceFailure) -> None:
+    assert classify(error) is failure
+
+
+class RefusingProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """A real producer that first refuses the sends to one topic with the given errors."""
+
+    def __init__(self, topic: str, refusals: list[KafkaError], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.refused_topic, self.refusals = topic, list(refusals)
+        self.sent: list[str] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, **kwargs: object) -> object:
+        if topic == self.refused_topic and self.refusals:
+            raise self.refusals.pop(0)
+        self.sent.append(topic)
+        return await super().send_and_wait(topic, value, **kwargs)
+
+
+def answer(names: TopicNames) -> tuple[Verdict, DeadLetter]:
+    e = event("hello")
+    error = ImageNotFound("s3://images/x.png: not found")
+    verdict = error_verdict(e, error, ModelRef(name="m", version="1"), "1", {}).model_copy(
+        update={"reasoning": "r" * 5_000})
+    letter = dead_letter(SourceRef(topic=names.events, partition=0, offset=3), b"raw" * 10, error, e.event_id,
+                         LimitSettings())
+    return verdict, letter
+
+
+async def publish_through(broker: LocalBroker, refusals: list[KafkaError], on: str) -> tuple[
+        Publisher, RefusingProducer, TopicNames, asyncio.Task[None], Verdict, DeadLetter]:
+    names = TopicNames(f"p-{uuid.uuid4().hex[:8]}.")
+    topic = {"verdicts": names.verdicts, "dlq": names.dlq}[on]
+    producer = RefusingProducer(topic, refusals, bootstrap_servers=broker.bootstrap_servers, acks="all")
+    await producer.start()
+    publisher = Publisher(producer, names, KafkaSettings(produce_backoff_max_s=0.2), WorkerMetrics())
+    verdict, letter = answer(names)
+    task = asyncio.create_task(publisher.publish(b"k", verdict, letter))
+    return publisher, producer, names, task, verdict, letter
+
+
+async def test_a_refused_verdict_never_sends_its_dead_letter_again(broker: LocalBroker) -> None:
+    refusals: list[KafkaError] = [KafkaConnectionError(), NotLeaderForPartitionError()]
+    publisher, producer, names, task, _, _ = await publish_through(broker, refusals, on="verdicts")
+    await task
+    await producer.stop()
+    assert producer.sent == [names.dlq, names.verdicts]
+    assert len(await read_topic(broker.bootstrap_servers, names.dlq, 1, settle_s=0.5)) == 1
+    retries = publisher.metrics.registry.get_sample_value
+    assert retries("guardstream_produce_retries_total", {"failure": "transient", "error": "KafkaConnectionError"}) == 1
+
+
+async def test_a_permanent_refusal_stalls_visibly_and_the_answer_still_arrives(broker: LocalBroker) -> None:
+    refusals: list[KafkaError] = [TopicAuthorizationFailedError()] * 4
+    publisher, producer, names, task, verdict, _ = await publish_through(broker, refusals, on="verdicts")
+    await wait_until(lambda: publisher.stalled == 1, what="the stall is reported")
+    assert publisher.metrics.registry.get_sample_value("guardstream_produce_stalled") == 1
+    await task  # once the broker takes it (the refusals run out), the stall clears
+    await producer.stop()
+    assert publisher.stalled == 0 and publisher.metrics.registry.get_sample_value("guardstream_produce_stalled") == 0
+    [record] = await read_topic(broker.bootstrap_servers, names.verdicts, 1, settle_s=0.5)
+    assert Verdict.model_validate_json(record.value).event_id == verdict.event_id
+
+
+@pytest.mark.parametrize("on", ["verdicts", "dlq"])
+async def test_a_record_too_large_is_sent_again_smaller_with_a_marker(broker: LocalBroker, on: str) -> None:
+    publisher, producer, names, task, verdict, letter = await publish_through(broker, [MessageSizeTooLargeError()], on)
+    await task
+    await producer.stop()
+    if on == "verdicts":
+        [record] = await read_topic(broker.bootstrap_servers, names.verdicts, 1, settle_s=0.5)
+        sent = Verdict.model_validate_json(record.value)
+        assert sent.reasoning.startswith("r" * 1_000) and sent.reasoning.endswith("[cut: 4000 more characters]")
+    else:
+        [record] = await read_topic(broker.bootstrap_servers, names.dlq, 1, settle_s=0.5)
+        sent = DeadLetter.model_validate_json(record.value)
+        assert (sent.raw_value_b64, sent.raw_value_truncated, sent.raw_value_bytes) == ("", True, 30)
+        assert (sent.reason, sent.source) == (letter.reason, letter.source)
+    assert publisher.stalled == 0
