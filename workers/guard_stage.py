@@ -2,6 +2,14 @@
 
 A batch that keeps failing is retried item by item, so one poison input gets its own error and the
 rest of the batch still gets answers: a partition never stalls on one bad event.
+
+A call that runs past `timeout_s` is a BackendTimeout, always: it is cancelled and left behind, never
+waited for (asyncio.wait_for waits until the call acknowledges its cancel, and on Python 3.11 reports
+whatever the call raised meanwhile instead of the timeout). Abandoned calls cannot pile up: the thread
+backends run on one thread of their own, which drops their queued calls when cancelled and stops a
+running generation at its next step; and this stage starts no new call while one it abandoned is still
+running (the new call's time counts from when it asked), so a backend that ignores cancellation holds
+at most the calls that were in flight when it stuck, never one more per timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ class GuardStage:
         self.backend = backend
         self.settings = settings
         self.metrics = metrics
+        self._abandoned: set[asyncio.Future[list[GuardOutcome]]] = set()  # timed out or cancelled, still running
 
     async def run(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
         self.metrics.batch_size.observe(len(requests))
@@ -56,14 +65,52 @@ class GuardStage:
             attempt += 1
 
     async def _call(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
+        deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
+        if not await _all_end_by(self._abandoned, deadline):
+            raise BackendTimeout(f"{self.backend.name} is still running a call abandoned earlier")
+        call = asyncio.ensure_future(self.backend.moderate(requests))
         try:
-            results = await asyncio.wait_for(self.backend.moderate(requests), self.settings.timeout_s)
-        except TimeoutError as exc:
-            raise BackendTimeout(f"{self.backend.name} took over {self.settings.timeout_s}s") from exc
+            ended = await _all_end_by({call}, deadline)
+        except asyncio.CancelledError:
+            self._abandon(call)
+            raise
+        if not ended:
+            self._abandon(call)
+            raise BackendTimeout(f"{self.backend.name} took over {self.settings.timeout_s}s")
+        return self._answers(call, len(requests))
+
+    def _abandon(self, call: asyncio.Future[list[GuardOutcome]]) -> None:
+        call.cancel()
+        self._abandoned.add(call)
+        call.add_done_callback(self._abandoned_ended)
+
+    def _abandoned_ended(self, call: asyncio.Future[list[GuardOutcome]]) -> None:
+        self._abandoned.discard(call)
+        error = None if call.cancelled() else call.exception()  # retrieved, so asyncio does not warn about it
+        log.info("abandoned_call_ended", backend=self.backend.name, cancelled=call.cancelled(),
+                 error=None if error is None else f"{type(error).__name__}: {error}")
+
+    def _answers(self, call: asyncio.Future[list[GuardOutcome]], expected: int) -> list[GuardOutcome]:
+        """The call's outcomes; its own failure wrapped at the boundary as a BackendError."""
+        name = self.backend.name
+        try:
+            results = call.result()
         except BackendError:
             raise
-        except Exception as exc:  # a backend's own failure, wrapped at the boundary
-            raise BackendError(f"{self.backend.name}: {type(exc).__name__}: {exc}") from exc
-        if len(results) != len(requests):
-            raise BackendError(f"{self.backend.name} answered {len(results)} of {len(requests)} requests")
+        except TimeoutError as exc:  # the backend's own deadline (a socket's, say)
+            raise BackendTimeout(f"{name}: {type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError as exc:  # cancelled by someone else: not this stage's cancel
+            raise BackendError(f"{name}: its call was cancelled") from exc
+        except Exception as exc:
+            raise BackendError(f"{name}: {type(exc).__name__}: {exc}") from exc
+        if len(results) != expected:
+            raise BackendError(f"{name} answered {len(results)} of {expected} requests")
         return results
+
+
+async def _all_end_by(calls: set[asyncio.Future[list[GuardOutcome]]], deadline: float) -> bool:
+    """Whether all `calls` end by `deadline` (loop time); waits no longer, cancels nothing."""
+    if not calls:
+        return True
+    _, pending = await asyncio.wait(set(calls), timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    return not pending

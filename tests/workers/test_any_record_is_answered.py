@@ -29,8 +29,10 @@ from topics.registry import TopicNames
 from workers.settings import WorkerSettings
 from workers.worker import Worker
 
-ANY_CHAR = st.characters(codec=None, exclude_categories=())  # surrogates too: they reach JSON as \\udxxx escapes
+SURROGATE = st.characters(codec=None, categories=["Cs"])  # reach JSON as \\udxxx escapes
+ANY_CHAR = st.characters(codec=None) | SURROGATE
 TEXT = st.text(ANY_CHAR, max_size=60)
+SOME_TEXT = st.text(ANY_CHAR, min_size=1, max_size=60)
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(TEXT, inner, max_size=5),
@@ -41,9 +43,9 @@ IMAGE = st.fixed_dictionaries(
                              "ftp://127.0.0.1/x", "https://[::1/x", "s3://images/a\x00b"]) | TEXT},
     optional={"sha256": st.sampled_from(["0" * 64, "zz"]) | TEXT, "media_type": TEXT},
 )
-NEAR_EVENT = st.fixed_dictionaries(
-    {"event_id": TEXT, "conversation_id": TEXT},
-    optional={"text": TEXT | st.just("x" * 500), "response": TEXT, "images": st.lists(IMAGE, max_size=6),
+NEAR_EVENT = st.fixed_dictionaries(  # mostly valid, so that what follows decoding is reached too
+    {"event_id": SOME_TEXT, "conversation_id": SOME_TEXT, "text": SOME_TEXT | st.just("x" * 500)},
+    optional={ "response": TEXT, "images": st.lists(IMAGE, max_size=6),
               "schema_version": st.integers(-2, 3), "tenant": TEXT, "metadata": st.dictionaries(TEXT, TEXT | JSON),
               "created_at": TEXT},
 )
@@ -57,9 +59,9 @@ RECORD = st.one_of(
     st.binary(max_size=3_000),
     st.builds(as_json, JSON, st.booleans()),
     st.builds(as_json, NEAR_EVENT, st.booleans()),
-    st.builds(lambda depth: b"[" * depth + b"]" * depth, st.integers(1, 5_000)),
+    st.builds(lambda depth: b"[" * depth + b"]" * depth, st.integers(1, 3_900)),  # Python's json recurses ~1000 deep
     st.builds(lambda digits: b'{"event_id":"e","conversation_id":"c","text":"t","x":' + b"7" * digits + b"}",
-              st.integers(1, 6_000)),
+              st.integers(1, 7_000)),  # int() refuses more than 4300 digits
 )
 
 
@@ -104,7 +106,7 @@ class Running:
 @pytest.fixture
 async def running(settings: WorkerSettings, lite_guard) -> AsyncIterator[Running]:
     """One worker for every example: surviving all of them is part of the property."""
-    settings.limits.max_record_bytes = 4_000
+    settings.limits.max_record_bytes = 8_000
     settings.limits.max_text_chars = 300
     settings.fetch.max_attempts = 1
     topics = TopicNames(settings.kafka.topic_prefix)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 from PIL import Image
 
 from tests.factories import BENIGN, HARMFUL
@@ -64,3 +67,17 @@ def test_a_retrained_head_changes_the_keys_even_under_the_same_version(lite_guar
     assert served(lite_guard).content_key(same, []) != served(other).content_key(same, [])
     assert served(lite_guard).cache_key("k") != served(other).cache_key("k")
     assert TextHead.load().fingerprint == head.fingerprint  # stable across loads of the same file
+
+
+async def test_a_blocked_default_thread_pool_does_not_stop_the_lite_guard(lite_guard: LiteGuard) -> None:
+    unblock = threading.Event()
+    # the default pool never has more than 32 threads: these take them all, and more wait in its queue
+    blockers = [asyncio.create_task(asyncio.to_thread(unblock.wait)) for _ in range(40)]
+    try:
+        answering = asyncio.create_task(lite_guard.moderate([GuardRequest(HARMFUL[0])]))
+        done, _ = await asyncio.wait({answering}, timeout=60)  # only keeps a failing test from hanging
+        assert answering in done, "the lite guard waited for the shared default thread pool"
+        assert answering.result()[0].request_harmful
+    finally:
+        unblock.set()
+        await asyncio.gather(*blockers)

@@ -3,6 +3,9 @@
 Text (request and response) is embedded with all-MiniLM-L6-v2 and scored by a logistic head trained
 by `trainer/lite_head.py`; images are scored by open_nsfw. The reasoning it writes is its evidence:
 which inputs it looked at, their scores and the thresholds they were held against.
+
+The models run on the backend's own thread, never on the shared default pool, so a slow or stuck call
+delays only this backend's later calls, not image decoding or anything else run in a thread.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -85,6 +89,7 @@ class LiteGuard:
         self.text_threshold = text_threshold
         self.image_threshold = image_threshold
         self.fingerprint = f"{head.fingerprint}-{text_threshold:g}-{image_threshold:g}"
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-lite")
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> LiteGuard:
@@ -96,10 +101,10 @@ class LiteGuard:
         return cls(head, load_embedder(settings.lite_threads), nsfw, text_threshold, settings.lite_image_threshold)
 
     async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
-        return list(await asyncio.to_thread(self.moderate_sync, requests))
+        return list(await asyncio.get_running_loop().run_in_executor(self.executor, self.moderate_sync, requests))
 
     async def close(self) -> None:
-        return None
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def moderate_sync(self, requests: list[GuardRequest]) -> list[GuardResult]:
         texts = [r.text for r in requests if r.text.strip()]

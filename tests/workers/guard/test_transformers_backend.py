@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,13 @@ from tests.factories import event, image_ref, png
 from tests.kafka_io import read_topic
 from tests.tiny_qwen import LESSONS
 from topics.io import produce_events
-from workers.errors import BackendUnavailable, OutputUnparseable
+from workers.errors import BackendTimeout, BackendUnavailable, OutputUnparseable
 from workers.guard.base import GuardRequest, GuardResult
 from workers.guard.hf_transformers import TransformersGuard
 from workers.guard.prompt import INSTRUCTION, chat_messages
 from workers.guard.registry import load_backend
+from workers.guard_stage import GuardStage
+from workers.metrics import WorkerMetrics
 from workers.settings import GuardSettings, WorkerSettings
 
 
@@ -88,5 +92,35 @@ async def test_junk_model_output_becomes_an_error_verdict_and_a_dead_letter(
         letters = await read_topic(settings.kafka.bootstrap_servers, f"{settings.kafka.topic_prefix}moderation.dlq", 2)
     assert {v.event_id for v in verdicts} == {e.event_id for e in events}
     assert all(v.status is VerdictStatus.ERROR and v.error.code == "output_unparseable" for v in verdicts)
-    assert all("raw output:" in v.error.message for v in verdicts)
-    assert {DeadLetter.model_validate_json(r.value).reason for r in letters} == {"output_unparseable"}
+    assert all("raw output:" not in v.error.message for v in verdicts)  # the detail goes to operators only
+    dead = [DeadLetter.model_validate_json(r.value) for r in letters]
+    assert {d.reason for d in dead} == {"output_unparseable"} and all("raw output:" in d.message for d in dead)
+
+
+async def test_a_generation_its_caller_gave_up_on_stops_and_frees_the_thread(tiny_qwen: Path) -> None:
+    guard = TransformersGuard.load(tiny_qwen, max_new_tokens=80)
+    started, resume = threading.Event(), threading.Event()
+    steps = 0
+
+    def hold_first_step(module: object, args: object) -> None:  # holds the prefill until the stage gave up
+        nonlocal steps
+        steps += 1
+        if steps == 1:
+            started.set()
+            resume.wait()
+
+    hook = guard.model.register_forward_pre_hook(hold_first_step)
+    stage = GuardStage(guard, GuardSettings(timeout_s=0.05, max_attempts=1), WorkerMetrics())
+    try:
+        [outcome] = await stage.run([LESSONS[0].request])
+        assert isinstance(outcome, BackendTimeout)
+    finally:
+        resume.set()
+    free = asyncio.wrap_future(guard.executor.submit(started.is_set))  # runs once generate() has returned
+    done, _ = await asyncio.wait({free}, timeout=60)  # only keeps a failing test from hanging
+    assert free in done and free.result()
+    assert steps == 1  # stopped after the step it was in; left alone it writes a whole answer (~60 steps)
+    hook.remove()
+    [answer] = await guard.moderate([LESSONS[0].request])  # the thread serves the next call
+    assert isinstance(answer, GuardResult) and answer.request_harmful
+    await guard.close()
