@@ -44,6 +44,10 @@ class OffsetTracker(Generic[P]):
         if progress is not None:  # a revoked partition's late answers are no longer ours to commit
             progress.unanswered.discard(offset)
 
+    def is_unanswered(self, partition: P, offset: int) -> bool:
+        progress = self._partitions.get(partition)
+        return progress is not None and offset in progress.unanswered
+
     def unanswered_count(self, partitions: Iterable[P] | None = None) -> int:
         keys = self._partitions.keys() if partitions is None else partitions
         return sum(len(self._partitions[p].unanswered) for p in keys if p in self._partitions)

@@ -107,7 +107,7 @@ class Worker:
         if publisher is not None and publisher.stalled:
             found.append(f"{publisher.stalled} answers refused by the broker")
         if self._failed_tasks:
-            found.append(f"{self._failed_tasks} tasks failed (their partitions stop committing)")
+            found.append(f"{self._failed_tasks} records left unanswered by failed tasks (their partitions stop committing)")
         return found
 
     def stop(self) -> None:
@@ -514,15 +514,18 @@ class Worker:
         task.add_done_callback(lambda done: self._reap(done, record))
 
     def _reap(self, task: asyncio.Task[None], record: ConsumerRecord[bytes, bytes] | None) -> None:
-        """A task's end. Record tasks answer their own failures, so one that still raised left its offset
-        unanswered: that partition stops committing, and /readyz says so."""
+        """A task's end. Record tasks answer their own failures; one that still raised is logged and counted,
+        and if it left its offset unanswered, that partition stops committing and /readyz says so."""
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
-        self._failed_tasks += 1
         self.metrics.task_failures.labels("record" if record else "worker").inc()
+        stalled = record is not None and self.tracker.is_unanswered(
+            TopicPartition(record.topic, record.partition), record.offset)
+        if stalled:
+            self._failed_tasks += 1
         where = {"partition": record.partition, "offset": record.offset} if record else {}
-        log.error("task_failed", **where, exc_info=task.exception(), ready=False)
+        log.error("task_failed", **where, offset_stalled=stalled, exc_info=task.exception())
 
 
 def decode_all(values: list[bytes | None], limits: LimitSettings) -> list[ChatEvent | GuardstreamError]:

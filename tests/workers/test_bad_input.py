@@ -6,10 +6,14 @@ import base64
 
 from schemas.events import DeadLetter, VerdictStatus
 from tests.conftest import S3, running_worker, verdicts_for
-from tests.factories import event, image_ref, png
+from tests.factories import event, image_ref, png, sha256
 from tests.kafka_io import read_topic
 from topics.io import produce_events, produce_raw
+from workers import errors
 from workers.settings import WorkerSettings
+
+ERRORS = {cls.code: cls for cls in vars(errors).values()
+          if isinstance(cls, type) and issubclass(cls, errors.GuardstreamError)}
 
 
 async def test_invalid_records_land_in_the_dlq_with_their_reason(settings: WorkerSettings, lite_guard, s3: S3) -> None:
@@ -44,6 +48,16 @@ async def test_invalid_records_land_in_the_dlq_with_their_reason(settings: Worke
     for code, failed in failing.items():
         assert by_id[failed.event_id].status is VerdictStatus.ERROR
         assert by_id[failed.event_id].error.code == code
+    for letter in letters:  # the detail goes to the DLQ; the verdict, seen downstream, has a fixed sentence
+        if letter.event_id is None:
+            continue
+        verdict = by_id[letter.event_id]
+        assert letter.message not in verdict.model_dump_json() and letter.message != verdict.error.message
+        assert verdict.error.message == ERRORS[verdict.error.code].summary
+        assert verdict.reasoning == f"not moderated: {verdict.error.message}"
+    digest_letter = next(letter for letter in letters if letter.reason == "image_digest_mismatch")
+    assert sha256(good_png)[:12] in digest_letter.message
+    assert sha256(good_png)[:12] not in by_id[digest_letter.event_id].model_dump_json()
     reasons = sorted(letter.reason for letter in letters)
     assert reasons == sorted(["decode_failed", "schema_invalid", "schema_invalid", "decode_failed", *failing])
     undecodable = [letter for letter in letters if letter.event_id is None]

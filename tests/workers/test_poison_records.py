@@ -12,7 +12,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 
-from schemas.events import SourceRef, VerdictStatus
+from schemas.events import SourceRef, Verdict, VerdictStatus
 from tests.conftest import PARTITIONS, S3, dead_letters_for, running_worker, verdicts_covering
 from tests.factories import BENIGN, event, image_ref, png, sha256
 from tests.kafka_io import committed_offsets, read_topic
@@ -174,3 +174,26 @@ def test_dead_letters_keep_the_source_coordinates_of_what_they_cut() -> None:
     assert (letter.source.partition, letter.source.offset, letter.raw_value_bytes) == (2, 7, 100)
     assert letter.raw_value_truncated and base64.b64decode(letter.raw_value_b64) == b"x" * 10
     assert letter.message.startswith("m" * 100) and letter.message.endswith("[cut: 400 more characters]")
+
+
+async def test_a_task_that_raises_after_answering_is_counted_and_stalls_nothing(
+    settings: WorkerSettings, lite_guard
+) -> None:
+    events = [event(f"{BENIGN[0]} ({i})", conversation="one") for i in range(4)]
+    seen: list[str] = []
+
+    def hook(verdict: Verdict) -> None:  # an embedding application's callback, failing on one verdict
+        seen.append(verdict.event_id)
+        if verdict.event_id == events[1].event_id:
+            raise RuntimeError("the hook failed")
+
+    await produce_events(settings.kafka.bootstrap_servers, f"{settings.kafka.topic_prefix}chat.events", events)
+    async with running_worker(settings, lite_guard, on_verdict=hook) as worker:
+        await wait_until(lambda: len(seen) == len(events), what="every verdict handed to the hook")
+        await wait_until(lambda: worker.tracker.unanswered_count() == 0)
+        await worker.commit()
+        failures = worker.metrics.registry.get_sample_value("guardstream_task_failures_total", {"task": "record"})
+        assert worker.ready and not worker.problems()  # the offset was answered before the hook ran
+    assert failures == 1
+    committed, ends = await commits_reach_the_end(settings)
+    assert committed == ends
