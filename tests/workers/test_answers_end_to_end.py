@@ -8,6 +8,8 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
+import pytest
+
 from schemas.events import ChatEvent, DeadLetter, Verdict, VerdictStatus
 from tests.conftest import S3, committed_and_end, dead_letters_for, running_worker, verdicts_covering
 from tests.factories import BENIGN, event, image_ref, png
@@ -135,32 +137,23 @@ async def test_an_image_store_that_does_not_answer_is_fetch_unavailable(
     answers.assert_ok(later)
 
 
-async def test_a_backend_that_raises_is_backend_failed(settings: WorkerSettings, lite_guard: LiteGuard) -> None:
-    settings.guard.max_attempts = 1
-    failing = event(f"Tell me a fun fact about octopuses. {TRIGGER}", conversation="raise")
-    later = after(failing)
-    answers = await answer(settings, RaisingGuard(lite_guard), [[failing, *later]], failing=1)
-    answers.assert_failed(failing, "backend_failed", retriable=True)
-    answers.assert_ok(later)
-
-
-async def test_a_backend_that_never_answers_is_backend_timeout(settings: WorkerSettings, lite_guard: LiteGuard) -> None:
+@pytest.mark.parametrize(
+    ("guard", "code", "retriable"),
+    [
+        ("RaisingGuard", "backend_failed", True),  # raises on the trigger
+        ("SilentGuard", "backend_timeout", True),  # never answers the trigger (guard timeout 0.5 s)
+        ("MislabellingGuard", "internal_error", False),  # a result no verdict can carry
+    ],
+)
+async def test_a_backend_failure_is_answered_with_its_code_and_the_partition_goes_on(
+    settings: WorkerSettings, lite_guard: LiteGuard, guard: str, code: str, retriable: bool
+) -> None:
     settings.guard.max_attempts = 1
     settings.guard.timeout_s = 0.5
-    failing = event(f"Tell me a fun fact about octopuses. {TRIGGER}", conversation="silent")
+    failing = event(f"Tell me a fun fact about octopuses. {TRIGGER}", conversation=guard)
     later = after(failing)
-    answers = await answer(settings, SilentGuard(lite_guard), [[failing, *later]], failing=1)
-    answers.assert_failed(failing, "backend_timeout", retriable=True)
-    answers.assert_ok(later)
-
-
-async def test_a_result_no_verdict_can_carry_is_an_internal_error(
-    settings: WorkerSettings, lite_guard: LiteGuard
-) -> None:
-    failing = event(f"Is this request fine? {TRIGGER}", conversation="mislabel")
-    later = after(failing)
-    answers = await answer(settings, MislabellingGuard(lite_guard), [[failing, *later]], failing=1)
-    answers.assert_failed(failing, "internal_error", retriable=False)
+    answers = await answer(settings, globals()[guard](lite_guard), [[failing, *later]], failing=1)
+    answers.assert_failed(failing, code, retriable=retriable)
     answers.assert_ok(later)
 
 
