@@ -48,7 +48,7 @@ def create(partitions: int = PARTITIONS, replication: int | None = REPLICATION) 
 
 @app.command("check")
 def check(partitions: int = PARTITIONS, replication: int | None = REPLICATION) -> None:
-    """Verify that every topic exists with the expected partitions; exit 1 if not."""
+    """Verify that every topic exists with the expected partitions and replication; exit 1 if not."""
     k = kafka_settings()
 
     async def run() -> list[TopicCheck]:

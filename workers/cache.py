@@ -3,7 +3,8 @@
 Keys carry the model name, model version and policy version, so a new model or policy never reads an
 old one's answers, and the format of the stored result (`RESULT_FORMAT`, a digest of GuardResult's
 fields), so a version that stores more or fewer fields (an upgrade, or the rollback after it) never
-reads the other's entries. An entry that still cannot be read counts as a miss and is overwritten. A Redis failure never stops the worker: the lookup counts as a miss, the write is
+reads the other's entries. An entry that still cannot be read counts as a miss and is overwritten.
+A Redis failure never stops the worker: the lookup counts as a miss, the write is
 skipped, the error is logged and counted, and Redis is left alone for `retry_after_s`.
 """
 
@@ -64,13 +65,12 @@ def read_entries(keys: list[str], values: list[bytes | None], metrics: WorkerMet
 
 
 def redact_url(url: str) -> str:
-    """The URL without its user and password, fit for logs."""
+    """The URL without its user, password or query (redis-py also reads `?password=`), fit for logs."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
 
 
 class RedisCache:

@@ -257,7 +257,7 @@ def decode_image(data: bytes, settings: FetchSettings) -> tuple[Image.Image, tup
     except Image.DecompressionBombError as exc:
         # Pillow checks its own (process-wide) limit inside Image.open, before our check can see the size
         raise ImageTooLarge(f"image is over Pillow's decompression-bomb limit: {exc}") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # Pillow: SyntaxError for a broken PNG
         raise ImageDecodeFailed(f"cannot decode image: {exc}") from exc
     target = fit_pixel_budget(image.size, settings.pixel_budget)
     if target != image.size:

@@ -59,6 +59,8 @@ class LimitSettings(Section):
     max_images: int = Field(4, ge=0)
     max_dead_letter_raw_bytes: int = Field(65_536, ge=0, description="raw value kept in a dead letter; the "
                                            "source coordinates always find the whole record")
+    max_key_bytes: int = Field(1_024, ge=16, description="longer record keys: answers are keyed by their sha256, "
+                               "dead letters keep them cut")
     max_error_chars: int = Field(2_000, ge=80, description="error messages in dead letters and logs are cut here")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from schemas.events import ChatEvent, DeadLetter, ModelRef, ModelRelease, SourceRef, Verdict
 from topics.registry import TopicNames
@@ -88,7 +89,7 @@ class Worker:
         self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")  # big records decode off the loop
         self._poll_failures = 0  # polls in a row that raised
-        self._failed_tasks = 0
+        self._stalled_by_failures: set[tuple[TopicPartition, int]] = set()
         self._shutdown_deadline = float("inf")
         self.health: HealthServer | None = None
 
@@ -106,8 +107,10 @@ class Worker:
         publisher = getattr(self, "publisher", None)
         if publisher is not None and publisher.stalled:
             found.append(f"{publisher.stalled} answers refused by the broker")
-        if self._failed_tasks:
-            found.append(f"{self._failed_tasks} records left unanswered by failed tasks (their partitions stop committing)")
+        self._stalled_by_failures = {(tp, o) for tp, o in self._stalled_by_failures if self.tracker.is_unanswered(tp, o)}
+        if self._stalled_by_failures:
+            found.append(f"{len(self._stalled_by_failures)} records left unanswered by failed tasks "
+                         "(their partitions stop committing)")
         return found
 
     def stop(self) -> None:
@@ -180,8 +183,11 @@ class Worker:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for closing in self._closers:  # whatever start() got to, in reverse order
-            await closing()
+        for closing in self._closers:  # whatever start() got to, in reverse order; one failing stops none
+            try:
+                await closing()
+            except Exception:
+                log.exception("close_failed", closer=getattr(closing, "__qualname__", repr(closing)))
         if self.health:
             await self.health.stop()
         log.info("worker_stopped", abandoned=len(pending))
@@ -340,26 +346,31 @@ class Worker:
     ) -> None:
         timings: dict[str, float] = {}
         started = time.monotonic()
-        letter = None
+        letter, hit = None, None
         try:
             images = await self._fetch_images(event, timings)
             if key is None:
                 key = served.content_key(event, [image.sha256 for image in images])
-                cached = await self._lookup([key], served)
-                if key in cached:
-                    await self._answer_hit(record, event, cached[key], key, timings, served)
-                    return
-            request = GuardRequest(text=event.text, images=[i.image for i in images], response=event.response)
-            guard_started = time.monotonic()
-            result, shared = await self._singleflight.do(key, lambda: self._infer(served, key, request))
-            timings["guard_ms"] = _ms_since(guard_started)
-            if shared:
-                self.metrics.singleflight_joins.inc()
-            timings["total_ms"] = _ms_since(started)
-            verdict = self._verdict(event, result, key, False, timings, served)
+                hit = (await self._lookup([key], served)).get(key)
+            verdict = None if hit is not None else await self._judge(event, images, key, served, timings, started)
         except Exception as exc:
             verdict, letter = self._failure(record, event, exc, timings, served)
-        await self._publish(record, verdict, letter)
+        if verdict is None:  # a cache hit, found once the images' digests were known
+            assert hit is not None and key is not None
+            await self._answer_hit(record, event, hit, key, timings, served)
+        else:
+            await self._publish(record, verdict, letter)
+
+    async def _judge(self, event: ChatEvent, images: list[FetchedImage], key: str, served: ServedModel,
+                     timings: dict[str, float], started: float) -> Verdict:
+        request = GuardRequest(text=event.text, images=[i.image for i in images], response=event.response)
+        guard_started = time.monotonic()
+        result, shared = await self._singleflight.do(key, lambda: self._infer(served, key, request))
+        timings["guard_ms"] = _ms_since(guard_started)
+        if shared:
+            self.metrics.singleflight_joins.inc()
+        timings["total_ms"] = _ms_since(started)
+        return self._verdict(event, result, key, False, timings, served)
 
     async def _fetch_images(self, event: ChatEvent, timings: dict[str, float]) -> list[FetchedImage]:
         if not event.images:
@@ -435,7 +446,7 @@ class Worker:
         return verdict, self._letter(record, error, event.event_id)
 
     def _letter(self, record: ConsumerRecord[bytes, bytes], error: GuardstreamError, event_id: str | None) -> DeadLetter:
-        return dead_letter(_source(record), record.value, error, event_id, self.settings.limits)
+        return dead_letter(_source(record, self.settings.limits), record.value, error, event_id, self.settings.limits)
 
     @staticmethod
     def _typed(exc: BaseException, event_id: str | None) -> GuardstreamError:
@@ -450,18 +461,28 @@ class Worker:
         """Produce the answer (the publisher retries until the broker takes it); only then is the offset
         answered. If the answer cannot even be built into a record, a dead letter saying so is sent instead."""
         try:
-            await self.publisher.publish(record.key, verdict, letter)
+            await self.publisher.publish(answer_key(record.key, self.settings.limits), verdict, letter)
         except Exception as exc:
             event_id = verdict.event_id if verdict else (letter.event_id if letter else None)
             verdict, letter = None, self._letter(record, self._typed(exc, event_id), event_id)
-            await self.publisher.publish(record.key, None, letter)
+            await self.publisher.publish(answer_key(record.key, self.settings.limits), None, letter)
         self.tracker.answered(TopicPartition(record.topic, record.partition), record.offset)
         if letter is not None:
             self.metrics.dead_letters.labels(letter.reason).inc()
         if verdict is not None:
             self.metrics.verdicts_out.labels(verdict.status.value, str(verdict.request_harmful)).inc()
-            if self.on_verdict:
-                self.on_verdict(verdict)
+            self._hand_over(verdict)
+
+    def _hand_over(self, verdict: Verdict) -> None:
+        """Give the verdict to the embedding application's hook; its failure is logged and counted, never
+        mistaken for a failure to answer (the answer is already on the topic)."""
+        if self.on_verdict is None:
+            return
+        try:
+            self.on_verdict(verdict)
+        except Exception:
+            self.metrics.task_failures.labels("hook").inc()
+            log.exception("on_verdict_failed", event_id=verdict.event_id)
 
     # -- offsets and flow control ------------------------------------------------------------
 
@@ -499,14 +520,13 @@ class Worker:
 
     async def _observe_lag(self) -> None:
         for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            if highwater is None:
-                continue
-            try:
+            try:  # position() can wait; a rebalance meanwhile unassigns tp, and aiokafka asserts on it
                 position = await self.consumer.position(tp)
-            except KafkaError:
+                highwater = self.consumer.highwater(tp)
+            except (KafkaError, AssertionError, IllegalStateError):
                 continue
-            self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))
+            if highwater is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], record: ConsumerRecord[bytes, bytes] | None = None) -> None:
         task = asyncio.create_task(coro)
@@ -520,10 +540,10 @@ class Worker:
         if task.cancelled() or task.exception() is None:
             return
         self.metrics.task_failures.labels("record" if record else "worker").inc()
-        stalled = record is not None and self.tracker.is_unanswered(
-            TopicPartition(record.topic, record.partition), record.offset)
+        place = (TopicPartition(record.topic, record.partition), record.offset) if record else None
+        stalled = place is not None and self.tracker.is_unanswered(*place)
         if stalled:
-            self._failed_tasks += 1
+            self._stalled_by_failures.add(place)  # type: ignore[arg-type]
         where = {"partition": record.partition, "offset": record.offset} if record else {}
         log.error("task_failed", **where, offset_stalled=stalled, exc_info=task.exception())
 
@@ -547,9 +567,18 @@ async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
         await asyncio.wait_for(event.wait(), timeout_s)
 
 
-def _source(record: ConsumerRecord[bytes, bytes]) -> SourceRef:
+def answer_key(key: bytes | None, limits: LimitSettings) -> bytes | None:
+    """The key an answer is produced with: the input's, or, for a key over `max_key_bytes`, its sha256
+    (still the same for every record with that key, so answers keep its partitioning)."""
+    if key is None or len(key) <= limits.max_key_bytes:
+        return key
+    return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
+
+
+def _source(record: ConsumerRecord[bytes, bytes], limits: LimitSettings) -> SourceRef:
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
-    return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset, key=key)
+    return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset,
+                     key=None if key is None else cut(key, limits.max_key_bytes))
 
 
 def _ms_since(started: float) -> float:

@@ -50,3 +50,12 @@ async def test_the_memory_cache_expires_entries() -> None:
     cache.ttl_s = 60
     await cache.put_many({"a": RESULT})
     assert await cache.get_many(["a"]) == {"a": RESULT}
+
+
+def test_a_redis_url_is_logged_without_its_credentials() -> None:
+    from workers.cache import redact_url
+
+    assert redact_url("redis://:pw@127.0.0.1:6380/0") == "redis://***@127.0.0.1:6380/0"
+    assert redact_url("redis://user:pw@127.0.0.1/0") == "redis://***@127.0.0.1/0"
+    assert redact_url("redis://127.0.0.1:6379/0?password=pw") == "redis://127.0.0.1:6379/0?***"  # redis-py reads it
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -176,7 +176,7 @@ def test_dead_letters_keep_the_source_coordinates_of_what_they_cut() -> None:
     assert letter.message.startswith("m" * 100) and letter.message.endswith("[cut: 400 more characters]")
 
 
-async def test_a_task_that_raises_after_answering_is_counted_and_stalls_nothing(
+async def test_a_failing_verdict_hook_is_counted_and_neither_stalls_nor_answers_twice(
     settings: WorkerSettings, lite_guard
 ) -> None:
     events = [event(f"{BENIGN[0]} ({i})", conversation="one") for i in range(4)]
@@ -192,8 +192,27 @@ async def test_a_task_that_raises_after_answering_is_counted_and_stalls_nothing(
         await wait_until(lambda: len(seen) == len(events), what="every verdict handed to the hook")
         await wait_until(lambda: worker.tracker.unanswered_count() == 0)
         await worker.commit()
-        failures = worker.metrics.registry.get_sample_value("guardstream_task_failures_total", {"task": "record"})
+        failures = worker.metrics.registry.get_sample_value("guardstream_task_failures_total", {"task": "hook"})
         assert worker.ready and not worker.problems()  # the offset was answered before the hook ran
     assert failures == 1
+    verdicts = await verdicts_covering(settings, {e.event_id for e in events}, settle_s=0.5)
+    assert sorted(v.event_id for v in verdicts) == sorted(e.event_id for e in events)  # one each, all ok
+    assert all(v.status is VerdictStatus.OK for v in verdicts)
+    committed, ends = await commits_reach_the_end(settings)
+    assert committed == ends
+
+
+async def test_a_huge_record_key_never_makes_an_answer_too_large(settings: WorkerSettings, lite_guard) -> None:
+    key = b"\xff" * 600_000  # decodes to three times its size; as a key of the answers, over the producer's limit
+    good, bad = event(BENIGN[1]), b"not json"
+    await produce_raw(settings.kafka.bootstrap_servers, f"{settings.kafka.topic_prefix}chat.events",
+                      [(key, good.model_dump_json().encode()), (key, bad)])
+    async with running_worker(settings, lite_guard):
+        [verdict] = await verdicts_covering(settings, {good.event_id}, settle_s=0.5)
+        [letter] = await dead_letters_for(settings, 1, settle_s=0.5)
+        [record] = await read_topic(settings.kafka.bootstrap_servers, f"{settings.kafka.topic_prefix}chat.events"
+                                    .replace("chat.events", "moderation.verdicts"), 1)
+    assert verdict.status is VerdictStatus.OK and record.key == b"sha256:" + sha256(key).encode()
+    assert letter.reason == "decode_failed" and len(letter.source.key) < 1_100 and "[cut:" in letter.source.key
     committed, ends = await commits_reach_the_end(settings)
     assert committed == ends
