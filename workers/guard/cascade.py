@@ -25,18 +25,21 @@ def is_settled(result: GuardResult, low: float, high: float) -> bool:
 class CascadeGuard:
     name = "cascade"
 
-    def __init__(self, lite: LiteGuard, reasoner: GuardBackend, low: float, high: float) -> None:
+    def __init__(self, lite: LiteGuard, reasoner: GuardBackend, low: float, high: float,
+                 owns_lite: bool = False) -> None:
         self.lite = lite
         self.reasoner = reasoner
         self.low = low
         self.high = high
+        self.owns_lite = owns_lite  # a lite guard it made itself it closes (its thread); one it was given, not
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> CascadeGuard:
         from workers.guard.registry import load_backend
 
         reasoner = load_backend(settings.model_copy(update={"backend": settings.cascade_backend}))
-        return cls(LiteGuard.from_settings(settings), reasoner, settings.cascade_low, settings.cascade_high)
+        return cls(LiteGuard.from_settings(settings), reasoner, settings.cascade_low, settings.cascade_high,
+                   owns_lite=True)
 
     async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
         first = await self.lite.moderate(requests)
@@ -51,6 +54,8 @@ class CascadeGuard:
 
     async def close(self) -> None:
         await self.reasoner.close()
+        if self.owns_lite:
+            await self.lite.close()
 
     @staticmethod
     def _with_lite_evidence(outcome: GuardOutcome, lite: GuardOutcome) -> GuardOutcome:

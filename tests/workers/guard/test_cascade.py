@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.factories import BENIGN, HARMFUL
 from tests.tiny_qwen import LESSONS
 from workers.errors import OutputUnparseable
@@ -44,7 +46,7 @@ async def test_sure_items_stay_with_lite_and_the_rest_go_to_the_reasoner(lite_gu
             assert isinstance(outcome, GuardResult) and outcome.request_harmful == lesson.harmful
 
 
-def test_the_registry_builds_the_cascade_from_settings(tiny_qwen: Path) -> None:
+async def test_the_registry_builds_the_cascade_from_settings_and_close_frees_both_stages(tiny_qwen: Path) -> None:
     from workers.guard.registry import load_backend
     from workers.settings import GuardSettings
 
@@ -52,3 +54,7 @@ def test_the_registry_builds_the_cascade_from_settings(tiny_qwen: Path) -> None:
                                          cascade_low=0.05, cascade_high=0.95))
     assert isinstance(cascade, CascadeGuard) and isinstance(cascade.reasoner, TransformersGuard)
     assert isinstance(cascade.lite, LiteGuard) and (cascade.low, cascade.high) == (0.05, 0.95)
+    await cascade.close()
+    for stage in (cascade.lite, cascade.reasoner):  # each stage's own thread is shut down (no leak per switch)
+        with pytest.raises(RuntimeError, match="shutdown"):
+            stage.executor.submit(int)
