@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, Verdict, VerdictStatus
 from topics.registry import TopicNames
+from workers.backoff import backoff_s
 from workers.errors import GuardstreamError
 from workers.guard.base import GuardResult
 from workers.metrics import WorkerMetrics
@@ -177,7 +178,7 @@ class Publisher:
                         self._stall(+1)
                     log.error("produce_failed", topic=topic, attempt=attempt, failure=failure.value,
                               error=f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(min(self.backoff_max_s, 0.1 * 2**attempt))
+                    await asyncio.sleep(backoff_s(attempt + 1, 0.1, self.backoff_max_s))
         finally:
             if stalled:
                 self._stall(-1)

@@ -37,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from yarl import URL
 
 from schemas.events import ImageRef
+from workers.backoff import backoff_s
 from workers.errors import (
     FetchError,
     FetchUnavailable,
@@ -321,7 +322,7 @@ class ImageFetcher:
                 error = self._classify(exc, uri)
             if not error.retriable or attempt >= self.settings.max_attempts:
                 raise error
-            delay = self.settings.backoff_base_s * 2 ** (attempt - 1)
+            delay = backoff_s(attempt, self.settings.backoff_base_s)
             log.warning("fetch_retry", uri=uri, attempt=attempt, code=error.code, delay_s=delay)
             await asyncio.sleep(delay)
             attempt += 1

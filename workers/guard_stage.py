@@ -18,6 +18,7 @@ import asyncio
 
 import structlog
 
+from workers.backoff import backoff_s
 from workers.errors import BackendError, BackendTimeout
 from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest
 from workers.metrics import WorkerMetrics
@@ -58,7 +59,7 @@ class GuardStage:
             except BackendError as exc:
                 if attempt >= attempts:
                     raise
-                delay = self.settings.backoff_base_s * 2 ** (attempt - 1)
+                delay = backoff_s(attempt, self.settings.backoff_base_s)
                 self.metrics.backend_retries.inc()
                 log.warning("backend_retry", attempt=attempt, code=exc.code, error=str(exc), delay_s=delay)
             await asyncio.sleep(delay)

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import ModelRelease
+from workers.backoff import backoff_s
 from workers.kafka_clients import as_kafka_settings, client_options, stop_consumer
 from workers.settings import KafkaSettings
 
@@ -37,11 +38,6 @@ RESYNC_S = 300.0
 
 class ModelTopicMissing(RuntimeError):
     """The releases topic is not in the cluster's metadata (not created yet, or being recreated)."""
-
-
-def backoff_s(failures: int, base_s: float = BACKOFF_BASE_S, max_s: float = BACKOFF_MAX_S) -> float:
-    """The wait after the `failures`-th failure in a row: doubling from `base_s`, capped at `max_s`."""
-    return min(max_s, base_s * 2 ** max(0, failures - 1))
 
 
 class ModelWatcher:

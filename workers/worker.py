@@ -28,6 +28,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from schemas.events import ChatEvent, DeadLetter, ModelRef, ModelRelease, SourceRef, Verdict
 from topics.registry import TopicNames
 from workers.artefacts import materialise
+from workers.backoff import backoff_s
 from workers.batcher import MicroBatcher
 from workers.cache import NoCache, RedisCache, ResultCache
 from workers.commit import OffsetTracker
@@ -47,6 +48,8 @@ from workers.settings import GuardSettings, LimitSettings, WorkerSettings
 from workers.singleflight import SingleFlight
 
 log = structlog.get_logger("guardstream.worker")
+
+POLL_BACKOFF_MAX_S = 30.0
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -270,7 +273,7 @@ class Worker:
         except Exception as exc:
             self._poll_failures += 1
             self.metrics.poll_errors.labels(type(exc).__name__).inc()
-            pause = min(30.0, 0.5 * 2 ** min(self._poll_failures, 6))
+            pause = backoff_s(self._poll_failures + 1, 0.5, POLL_BACKOFF_MAX_S)
             log.error("poll_failed", error=f"{type(exc).__name__}: {cut(str(exc), 500)}", failures=self._poll_failures,
                       retry_s=pause, ready=False)
             await _wait_or_timeout(self._stopping, pause)
@@ -460,12 +463,13 @@ class Worker:
     ) -> None:
         """Produce the answer (the publisher retries until the broker takes it); only then is the offset
         answered. If the answer cannot even be built into a record, a dead letter saying so is sent instead."""
+        key = answer_key(record.key, self.settings.limits)
         try:
-            await self.publisher.publish(answer_key(record.key, self.settings.limits), verdict, letter)
+            await self.publisher.publish(key, verdict, letter)
         except Exception as exc:
             event_id = verdict.event_id if verdict else (letter.event_id if letter else None)
             verdict, letter = None, self._letter(record, self._typed(exc, event_id), event_id)
-            await self.publisher.publish(answer_key(record.key, self.settings.limits), None, letter)
+            await self.publisher.publish(key, None, letter)
         self.tracker.answered(TopicPartition(record.topic, record.partition), record.offset)
         if letter is not None:
             self.metrics.dead_letters.labels(letter.reason).inc()

@@ -103,6 +103,13 @@ class Stuck:
 LIMIT_S = 10  # only keeps a failing test from hanging; a passing one never comes near it
 
 
+def started_one_at_a_time(stuck: Stuck, max_batch: int = 1) -> MicroBatcher[int, int]:
+    """A started batcher that runs one batch at a time on `stuck`, closing a batch as soon as it can."""
+    batcher = MicroBatcher(stuck, max_batch=max_batch, max_wait_ms=0, max_batches_in_flight=1)
+    batcher.start()
+    return batcher
+
+
 async def closed_within(batcher: MicroBatcher[int, int], timeout_s: float) -> bool:
     """Whether close(timeout_s) returned (re-raising what it raised)."""
     closing = asyncio.create_task(batcher.close(timeout_s))
@@ -120,8 +127,7 @@ async def outcomes(*waiting: asyncio.Task[int]) -> list[int | BaseException]:
 @pytest.mark.parametrize("stubborn", [False, True])
 async def test_close_stops_a_batch_that_never_finishes_and_fails_its_items(stubborn: bool) -> None:
     stuck = Stuck(stubborn)
-    batcher = MicroBatcher(stuck, max_batch=2, max_wait_ms=0, max_batches_in_flight=1)
-    batcher.start()
+    batcher = started_one_at_a_time(stuck, max_batch=2)
     waiting = asyncio.create_task(batcher.submit(1))
     await stuck.started.wait()
     assert await closed_within(batcher, 0.05)
@@ -132,8 +138,7 @@ async def test_close_stops_a_batch_that_never_finishes_and_fails_its_items(stubb
 
 async def test_close_fails_collected_and_queued_items_at_once() -> None:
     stuck = Stuck()
-    batcher = MicroBatcher(stuck, max_batch=1, max_wait_ms=0, max_batches_in_flight=1)
-    batcher.start()
+    batcher = started_one_at_a_time(stuck)
     running = asyncio.create_task(batcher.submit(0))
     await stuck.started.wait()
     behind = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
@@ -145,8 +150,7 @@ async def test_close_fails_collected_and_queued_items_at_once() -> None:
 
 async def test_a_batch_finishing_within_the_close_timeout_is_answered() -> None:
     stuck = Stuck()
-    batcher = MicroBatcher(stuck, max_batch=1, max_wait_ms=0, max_batches_in_flight=1)
-    batcher.start()
+    batcher = started_one_at_a_time(stuck)
     waiting = asyncio.create_task(batcher.submit(7))
     await stuck.started.wait()
     closing = asyncio.create_task(batcher.close(timeout_s=30))

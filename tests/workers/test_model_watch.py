@@ -17,7 +17,8 @@ from topics.admin import create_topics
 from topics.io import produce_raw
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
-from workers.model_watch import ModelTopicMissing, ModelWatcher, backoff_s
+from workers.backoff import backoff_s
+from workers.model_watch import ModelTopicMissing, ModelWatcher
 from workers.settings import KafkaSettings
 
 NAME = "guard-under-test"
