@@ -11,6 +11,7 @@ not followed. Images are decoded on the fetcher's own threads, checked for size 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import ipaddress
@@ -113,7 +114,7 @@ def _resolve_https(parts: SplitResult, uri: str, settings: FetchSettings) -> Loc
     if parts.username or parts.password:
         raise ImageNotAllowed(f"credentials in image URIs are refused: {uri!r}")
     host, port = _origin(parts)
-    if (host, port) not in {parse_allowed_host(entry) for entry in settings.https_allowed_hosts}:
+    if (host, port) not in allowed_origins(tuple(settings.https_allowed_hosts)):
         raise ImageNotAllowed(f"origin {host}:{port} is not in the https allow-list")
     literal = _ip_literal(host)  # aiohttp connects to an address literal without asking the resolver
     if literal is not None and not address_allowed(literal, settings.https_allow_private_addresses):
@@ -121,6 +122,12 @@ def _resolve_https(parts: SplitResult, uri: str, settings: FetchSettings) -> Loc
     shown = f"[{host}]" if ":" in host else host
     origin = f"https://{shown}" if port == HTTPS_PORT else f"https://{shown}:{port}"
     return Location("https", origin, unquote(parts.path.lstrip("/")))
+
+
+@functools.lru_cache(maxsize=8)
+def allowed_origins(entries: tuple[str, ...]) -> frozenset[tuple[str, int]]:
+    """The allow-list as (host, port) pairs, parsed once per list rather than once per image."""
+    return frozenset(parse_allowed_host(entry) for entry in entries)
 
 
 def parse_allowed_host(entry: str) -> tuple[str, int]:
@@ -274,8 +281,7 @@ class ImageFetcher:
 
     def __init__(self, settings: FetchSettings) -> None:
         self.settings = settings
-        for entry in settings.https_allowed_hosts:
-            parse_allowed_host(entry)  # a misspelt entry fails at start, not on the first https image
+        allowed_origins(tuple(settings.https_allowed_hosts))  # a misspelt entry fails at start, not on an image
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._stores: dict[tuple[str, str], ObjectStore] = {}
         self._ssl = https_ssl_context(settings)

@@ -90,7 +90,7 @@ class Worker:
         self._paused = False
         self._last_commit = 0.0
         self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")  # big records decode off the loop
+        self._event_decoder = ThreadPoolExecutor(1, thread_name_prefix="decode-events")  # big records: off the loop
         self._poll_failures = 0  # polls in a row that raised
         self._stalled_by_failures: set[tuple[TopicPartition, int]] = set()
         self._shutdown_deadline = float("inf")
@@ -237,7 +237,7 @@ class Worker:
         await self.batcher.close(max(0.0, self._shutdown_deadline - time.monotonic()))
 
     async def _close_executors(self) -> None:
-        self._decoder.shutdown(wait=False, cancel_futures=True)
+        self._event_decoder.shutdown(wait=False, cancel_futures=True)
         await self._fetcher.close()
 
     async def _close_served(self) -> None:
@@ -295,7 +295,7 @@ class Worker:
     async def _admit_bound(self, records: list[ConsumerRecord[bytes, bytes]], served: ServedModel) -> None:
         limits = self.settings.limits
         loop = asyncio.get_running_loop()
-        decoded = await loop.run_in_executor(self._decoder, decode_all, [r.value for r in records], limits)
+        decoded = await loop.run_in_executor(self._event_decoder, decode_all, [r.value for r in records], limits)
         admitted: list[tuple[ConsumerRecord[bytes, bytes], ChatEvent, str | None]] = []
         for record, event in zip(records, decoded, strict=True):
             if isinstance(event, GuardstreamError):  # nothing to answer but the dead letter
