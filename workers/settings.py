@@ -1,4 +1,5 @@
-"""The worker's settings: one model, from GUARDSTREAM_* variables (nested with `__`) or a TOML file."""
+"""The worker's settings, and the base every service's settings share (GUARDSTREAM_* variables, nested with
+`__`, or a TOML file)."""
 
 from __future__ import annotations
 
@@ -151,17 +152,11 @@ class ObservabilitySettings(Section):
     health_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GUARDSTREAM_", env_nested_delimiter="__", extra="forbid")
+class ServiceSettings(BaseSettings):
+    """What every service's settings share: GUARDSTREAM_* variables (nested with `__`), then the TOML file
+    named by GUARDSTREAM_CONFIG_FILE."""
 
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    limits: LimitSettings = Field(default_factory=LimitSettings)
-    fetch: FetchSettings = Field(default_factory=FetchSettings)
-    cache: CacheSettings = Field(default_factory=CacheSettings)
-    batch: BatchSettings = Field(default_factory=BatchSettings)
-    guard: GuardSettings = Field(default_factory=GuardSettings)
-    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
-    drain_timeout_s: float = Field(30.0, ge=0)
+    model_config = SettingsConfigDict(env_prefix="GUARDSTREAM_", env_nested_delimiter="__", extra="forbid")
 
     @classmethod
     def settings_customise_sources(
@@ -177,3 +172,14 @@ class WorkerSettings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+
+class WorkerSettings(ServiceSettings):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    drain_timeout_s: float = Field(30.0, ge=0)

@@ -464,6 +464,8 @@ class Worker:
         """Produce the answer (the publisher retries until the broker takes it); only then is the offset
         answered. If the answer cannot even be built into a record, a dead letter saying so is sent instead."""
         key = answer_key(record.key, self.settings.limits)
+        if verdict is not None:  # a label on this verdict finds the event through these coordinates
+            verdict = verdict.model_copy(update={"source": _source(record, self.settings.limits)})
         try:
             await self.publisher.publish(key, verdict, letter)
         except Exception as exc:

@@ -1,0 +1,68 @@
+"""The trainer service turns audit labels into a data set in S3, resolving each label by seeking, and
+commits a label's offset only once the shard holding it is durable."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from schemas.events import AuditLabel, SourceRef
+from tests.conftest import PARTITIONS, running_worker
+from tests.factories import BENIGN, HARMFUL, event
+from tests.kafka_io import committed_offsets
+from tests.trainer.conftest import label_for, publish_labels, running_trainer, verdict_records, wait_for_examples
+from tests.waiting import wait_until
+from topics.io import produce_events
+from topics.registry import TopicNames
+from trainer.settings import TrainerSettings
+from workers.guard.lite import LiteGuard
+from workers.settings import WorkerSettings
+
+
+async def test_labels_become_a_deduplicated_data_set_and_offsets_follow_durable_shards(
+    settings: WorkerSettings, trainer_settings: TrainerSettings, lite_guard: LiteGuard
+) -> None:
+    topics = TopicNames(settings.kafka.topic_prefix)
+    events = [event(t, conversation=f"c{i}") for i, t in enumerate(BENIGN + HARMFUL)]
+    events.append(event("Describe this.", response="Sure, here is how to do it.", conversation="cr"))
+    await produce_events(settings.kafka, topics.events, events)
+    async with running_worker(settings, lite_guard):
+        records = await verdict_records(trainer_settings, {e.event_id for e in events})
+    labels: list[AuditLabel | bytes] = [label_for(records[e.event_id], e.text in HARMFUL) for e in events[:-1]]
+    labels.append(label_for(records[events[-1].event_id], False, True))
+    relabelled = label_for(records[events[0].event_id], True, labeller="reviewer-2")  # later: this one wins
+    labels += [relabelled, b"not json",
+               AuditLabel(event_id="nowhere", request_harmful=True, labeller="r"),
+               AuditLabel(event_id="other", request_harmful=True, labeller="r",
+                          event=SourceRef(topic=topics.events, partition=records[events[1].event_id].partition,
+                                          offset=0))]
+    await publish_labels(trainer_settings, labels)
+
+    async with running_trainer(trainer_settings) as trainer:
+        await wait_for_examples(trainer, len(events) + 1)
+        await wait_until(lambda: sum(c._value.get() for c in _unresolvable(trainer).values()) >= 3, timeout_s=30,
+                         what="the three bad labels counted")
+        assert set(_unresolvable(trainer)) >= {"label_undecodable", "no_coordinates"}
+        await wait_until(lambda: trainer.status()["pending_labels"] == 0, timeout_s=10, what="every label stored")
+        examples = await trainer.dataset.load()
+        manifest = await trainer.dataset.manifest()
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{trainer.health.port}"  # type: ignore[union-attr]
+            metrics = await (await http.get(f"{base}/metrics")).text()
+            status = await (await http.get(f"{base}/status")).json()
+    by_id = {e.label.event_id: e for e in examples}
+    assert len(examples) == len(events) and by_id.keys() == {e.event_id for e in events}
+    assert by_id[events[0].event_id].label.labeller == "reviewer-2" and by_id[events[0].event_id].label.request_harmful
+    assert by_id[events[-1].event_id].event.response == "Sure, here is how to do it."
+    assert by_id[events[-1].event_id].verdict is not None  # the judged verdict travels with the example
+    assert manifest.counts["request"] == {"harmful": len(HARMFUL) + 1, "unharmful": len(BENIGN)}
+    assert manifest.counts["response"] == {"harmful": 1} and manifest.counts["modality"] == {"text": len(events)}
+    assert 'guardstream_trainer_labels_unresolvable_total{reason="no_coordinates"} 1.0' in metrics
+    assert status["dataset"] == trainer_settings.dataset.uri
+    committed = await committed_offsets(settings.kafka.bootstrap_servers, trainer_settings.group_id,
+                                        topics.audit_labels, PARTITIONS)
+    assert sum(committed.values()) == len(labels)
+
+
+def _unresolvable(trainer: object) -> dict[str, object]:
+    metric = trainer.metrics.labels_unresolvable  # type: ignore[attr-defined]
+    return {labels[0]: child for labels, child in metric._metrics.items()}

@@ -1,0 +1,129 @@
+"""Resolve an audit label to its event and verdict by seeking, never through a table a restart would lose.
+
+A label names the verdict it judges (`label.verdict`: topic/partition/offset), and that verdict names its
+event (`verdict.source`); or the label names its event directly (`label.event`). Each hop reads one
+record at its coordinates and checks that it is about the label's event.
+
+A label that can never be resolved raises `Unresolvable` with a reason code (counted by the trainer and
+acknowledged: retrying cannot help). A broker that does not answer raises its own KafkaError, and the
+label waits to be tried again, uncommitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import BaseModel, ValidationError
+
+from schemas.events import AuditLabel, ChatEvent, SourceRef, Verdict
+from trainer.dataset import AuditExample
+from workers.kafka_clients import client_options, stop_consumer
+from workers.settings import KafkaSettings, LimitSettings
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Unresolvable(Exception):
+    """A label that cannot be turned into an example; `reason` is the metrics' and logs' code."""
+
+    reason = "unresolvable"
+
+
+class LabelUndecodable(Unresolvable):
+    reason = "label_undecodable"
+
+
+class NoCoordinates(Unresolvable):
+    reason = "no_coordinates"
+
+
+class RecordMissing(Unresolvable):
+    reason = "record_missing"  # past the end, deleted by retention, or compacted away
+
+
+class RecordUndecodable(Unresolvable):
+    reason = "record_undecodable"
+
+
+class WrongEvent(Unresolvable):
+    reason = "event_mismatch"  # the coordinates hold another event's record
+
+
+class ErrorVerdictWithoutEvent(Unresolvable):
+    reason = "verdict_without_source"  # the verdict names no event coordinates (replayed from a file…)
+
+
+class RecordReader:
+    """Reads single records at given coordinates with one unassigned-group consumer."""
+
+    def __init__(self, kafka: KafkaSettings, timeout_s: float) -> None:
+        self.kafka = kafka
+        self.timeout_s = timeout_s
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(**client_options(self.kafka), group_id=None, enable_auto_commit=False,
+                                          auto_offset_reset="earliest")
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await stop_consumer(self._consumer)
+
+    async def read(self, ref: SourceRef) -> bytes:
+        """The value of the record at `ref`; RecordMissing if there is none within the timeout."""
+        assert self._consumer is not None, "start() first"
+        tp = TopicPartition(ref.topic, ref.partition)
+        self._consumer.assign([tp])
+        self._consumer.seek(tp, ref.offset)
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            batch = await self._consumer.getmany(tp, timeout_ms=int(left * 1000) + 1, max_records=16)
+            for record in batch.get(tp, []):
+                if record.offset == ref.offset:
+                    return record.value or b""
+                if record.offset > ref.offset:
+                    raise RecordMissing(f"{ref.topic}[{ref.partition}]@{ref.offset} is gone (next is {record.offset})")
+        raise RecordMissing(f"no record at {ref.topic}[{ref.partition}]@{ref.offset} within {self.timeout_s}s")
+
+
+class Resolver:
+    def __init__(self, reader: RecordReader, limits: LimitSettings) -> None:
+        self.reader = reader
+        self.limits = limits
+
+    async def resolve(self, raw_label: bytes | None, label_source: SourceRef | None = None) -> AuditExample:
+        label = _decode(AuditLabel, raw_label, LabelUndecodable, "label")
+        verdict = None
+        if label.verdict is not None:
+            verdict = _decode(Verdict, await self.reader.read(label.verdict), RecordUndecodable, "verdict")
+            _same_event(verdict.event_id, label)
+            if verdict.source is None and label.event is None:
+                raise ErrorVerdictWithoutEvent(f"verdict at {_at(label.verdict)} names no event coordinates")
+        event_ref = label.event or (verdict.source if verdict is not None else None)
+        if event_ref is None:
+            raise NoCoordinates(f"label for {label.event_id!r} names neither its verdict nor its event")
+        raw_event = await self.reader.read(event_ref)
+        if len(raw_event) > self.limits.max_record_bytes:
+            raise RecordUndecodable(f"event at {_at(event_ref)} is {len(raw_event)} bytes, over the limit")
+        event = _decode(ChatEvent, raw_event, RecordUndecodable, "event")
+        _same_event(event.event_id, label)
+        return AuditExample(event=event, label=label, verdict=verdict, label_source=label_source)
+
+
+def _decode(model: type[M], raw: bytes | None, error: type[Unresolvable], what: str) -> M:
+    try:
+        return model.model_validate_json(raw or b"")
+    except ValidationError as exc:
+        raise error(f"{what} is not a valid {model.__name__}: {exc.errors()[0]['msg']}") from exc
+
+
+def _same_event(found: str, label: AuditLabel) -> None:
+    if found != label.event_id:
+        raise WrongEvent(f"label for {label.event_id!r} points at a record of event {found!r}")
+
+
+def _at(ref: SourceRef) -> str:
+    return f"{ref.topic}[{ref.partition}]@{ref.offset}"
