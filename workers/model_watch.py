@@ -132,7 +132,7 @@ async def current_release(kafka: KafkaSettings, topic: str, model_name: str, idl
         consumer.assign(partitions)
         await consumer.seek_to_beginning()
         ends = await consumer.end_offsets(partitions)
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             batches = await consumer.getmany(timeout_ms=int(idle_s * 1000))
             if not batches:
                 break
