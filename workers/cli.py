@@ -10,6 +10,7 @@ from schemas.cli import app as schemas_app
 from topics.cli import app as topics_app
 from topics.cli import produce, tail
 from trainer.cli import app as train_app
+from trainer.cli import audit_command, eval_command, trainer_command
 from workers.runtime import run_service
 from workers.settings import WorkerSettings
 
@@ -19,6 +20,9 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")
 app.command("produce")(produce)
 app.command("tail")(tail)
+app.command("trainer")(trainer_command)
+app.command("eval")(eval_command)
+app.command("audit")(audit_command)
 
 
 @app.command("worker")
