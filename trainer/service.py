@@ -16,11 +16,11 @@ Jobs run one at a time, away from the agent; a trigger that comes while one runs
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
 import structlog
 from aiokafka.errors import KafkaError
 
@@ -41,7 +41,21 @@ RUNS_KEPT = 50
 BACKOFF_MAX_S = 30.0
 
 
-def faust_credentials(kafka: Any) -> faust.SASLCredentials | faust.SSLCredentials | None:
+def import_faust() -> Any:
+    """faust, imported without reading this process's command line: on import, faust parses sys.argv for
+    its own `-L/--loop` option and fails on anything else it does not expect there (`guardstream demo --loop`)."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import faust
+    finally:
+        sys.argv = argv
+    return faust
+
+
+faust = import_faust()
+
+
+def faust_credentials(kafka: Any) -> Any:
     """The same TLS and SASL settings every aiokafka client gets, in faust's terms."""
     options = client_options(kafka)
     protocol = options.get("security_protocol", "PLAINTEXT")
@@ -133,7 +147,7 @@ class TrainerService:
 
     # -- faust -------------------------------------------------------------------------------
 
-    def _build_app(self) -> faust.App:
+    def _build_app(self) -> Any:
         s = self.settings
         app = faust.App(
             s.group_id, broker=f"kafka://{s.kafka.bootstrap_servers}", broker_credentials=faust_credentials(s.kafka),

@@ -40,8 +40,15 @@ def worker(backend: str = typer.Option(None, help="guard backend (default: setti
 def demo(
     events: int = typer.Option(48, help="how many sample events to publish (repeats included)"),
     show: int = typer.Option(24, help="how many verdicts to print in the table"),
+    loop: bool = typer.Option(False, "--loop", help="then label the traffic, retrain, release, and judge the "
+                              "samples again with the new model"),
 ) -> None:
     """Run everything locally: broker, cache, images, topics, sample events, a worker; print the verdicts."""
+    if loop:
+        from trainer.demo_loop import run_loop_demo
+
+        asyncio.run(run_loop_demo())
+        return
     from workers.demo import run_demo
 
     asyncio.run(run_demo(events, show))

@@ -12,6 +12,7 @@ import contextlib
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +77,24 @@ async def wait_for(collected: Collected, ids: set[str], progress: Progress, labe
     progress.update(task, completed=len(ids))
 
 
-async def run_demo(count: int, show: int) -> None:
-    configure_logging("console", "warning")
-    console = Console(width=max(Console().width, 130))
+@dataclass
+class DemoStack:
+    """What the demo runs on: a local broker, the topics, drawn images, and a worker collecting verdicts."""
+
+    console: Console
+    settings: WorkerSettings
+    topics: TopicNames
+    folder: Path
+    images: dict[str, Path]
+    run_id: str
+    worker: Worker
+    collected: Collected
+    metrics: WorkerMetrics
+
+
+@contextlib.asynccontextmanager
+async def demo_stack(console: Console) -> AsyncIterator[DemoStack]:
+    """Start everything the demo needs; stop the worker (drained) and the broker on exit."""
     run_id = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="guardstream-demo-") as tmp, LocalBroker() as broker:
         images = write_demo_images(Path(tmp))
@@ -106,23 +122,34 @@ async def run_demo(count: int, show: int) -> None:
                 runner.result()
         console.print(f"worker ready in {time.monotonic() - started:.1f}s "
                       f"(health and metrics on http://127.0.0.1:{worker.health.port if worker.health else '-'}/metrics)")
-        first = make_events(count // 2, images, run_id)
-        second = make_events(count - count // 2, images, run_id, start=len(first))
+        try:
+            yield DemoStack(console, settings, topics, Path(tmp), images, run_id, worker, collected, metrics)
+        finally:
+            worker.stop()
+            await runner
+
+
+async def run_demo(count: int, show: int) -> None:
+    configure_logging("console", "warning")
+    console = Console(width=max(Console().width, 130))
+    async with demo_stack(console) as stack:
+        run_id, collected = stack.run_id, stack.collected
+        first = make_events(count // 2, stack.images, run_id)
+        second = make_events(count - count // 2, stack.images, run_id, start=len(first))
         samples = {e.event_id: s for s, e in first + second}
         odd = outside_root_event(run_id)
         samples[odd.event_id] = Sample("bad image", odd.text, "file:///etc/hostname")
         waves = [Wave("first (guard)", [e for _, e in first] + [odd]), Wave("second (repeats)", [e for _, e in second])]
+        servers = stack.settings.kafka.bootstrap_servers
         with Progress(console=console) as progress:
-            await produce_raw(broker.bootstrap_servers, topics.events, [(b"bad", raw) for _, raw in BAD_RECORDS])
+            await produce_raw(servers, stack.topics.events, [(b"bad", raw) for _, raw in BAD_RECORDS])
             for wave in waves:
                 started = time.monotonic()
-                await produce_events(broker.bootstrap_servers, topics.events, wave.events)
+                await produce_events(servers, stack.topics.events, wave.events)
                 await wait_for(collected, {e.event_id for e in wave.events}, progress, f"wave {wave.name}")
                 wave.seconds = time.monotonic() - started
-        worker.stop()
-        await runner
     print_verdicts(console, collected, samples, pick_rows(waves, show))
-    print_summary(console, collected, waves, metrics)
+    print_summary(console, collected, waves, stack.metrics)
 
 
 def pick_rows(waves: list[Wave], show: int) -> list[str]:

@@ -1,0 +1,147 @@
+"""`guardstream demo --loop`: the demo, then the loop from labels to a better model, on embedded defaults.
+
+1. The worker judges the demo's samples (the "before" column).
+2. It judges labelled traffic (`workers/demo_data.loop_traffic`: everyday and sensitive-topic questions,
+   insults and threats, none of them a sample's text), and a simulated reviewer labels every verdict with
+   the truth, through its event's coordinates, on the audit topic.
+3. The trainer service stores the labels as a data set in a local folder, runs the lite refit, evaluates
+   candidate and serving model on the held-out labels, and releases the candidate if the gate accepts it.
+4. The running worker switches to the release and judges the same sample events again ("after").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from schemas.events import AuditLabel, ChatEvent, Verdict
+from topics.io import produce_raw
+from trainer.pipeline import RunRecord
+from trainer.service import TrainerService
+from trainer.settings import DatasetSettings, GateSettings, JobSettings, LiteRefitSettings, TrainerSettings
+from workers.demo import DemoStack, demo_stack, wait_for
+from workers.demo_data import SAMPLES, loop_traffic, make_events
+from workers.logs import configure_logging
+from workers.settings import ObservabilitySettings
+
+PACKAGE_SAMPLE = 1_500  # package texts the demo's refit uses (all of them: `guardstream train run`)
+SWITCH_WAIT_S = 120.0
+
+
+async def run_loop_demo() -> None:
+    configure_logging("console", "warning")
+    console = Console(width=max(Console().width, 130))
+    async with demo_stack(console) as stack:
+        samples = [event for _, event in make_events(len(SAMPLES), stack.images, stack.run_id)]
+        before = await _judge(stack, samples, "samples, serving model")
+        traffic = [(ChatEvent(event_id=f"{stack.run_id}-t{i}", conversation_id=f"t{i % 7}", tenant="demo", text=text),
+                    harmful) for i, (text, harmful) in enumerate(loop_traffic())]
+        judged = await _judge(stack, [e for e, _ in traffic], "labelled traffic")
+        wrong = sum(bool(judged[e.event_id].request_harmful) != harmful for e, harmful in traffic)
+        console.print(f"the serving model got [bold]{wrong} of {len(traffic)}[/] traffic verdicts wrong; "
+                      "a reviewer labels all of them")
+        record = await _train(stack, [_label(judged[e.event_id], harmful) for e, harmful in traffic])
+        _print_decision(console, record)
+        if record.outcome == "released":
+            await _wait_for_switch(stack, record.version or "")
+        after = await _judge(stack, samples, "samples, after the loop")
+    _print_before_after(console, samples, before, after)
+
+
+async def _judge(stack: DemoStack, events: list[ChatEvent], label: str) -> dict[str, Verdict]:
+    ids = {e.event_id for e in events}
+    for event_id in ids:
+        stack.collected.verdicts.pop(event_id, None)  # the same events judged again: wait for the new answers
+    with Progress(console=stack.console) as progress:
+        await produce_raw(stack.settings.kafka.bootstrap_servers, stack.topics.events,
+                          [(e.conversation_id.encode(), e.model_dump_json().encode()) for e in events])
+        await wait_for(stack.collected, ids, progress, label)
+    return {event_id: stack.collected.verdicts[event_id] for event_id in ids}
+
+
+def _label(verdict: Verdict, harmful: bool) -> AuditLabel:
+    return AuditLabel(event_id=verdict.event_id, request_harmful=harmful, labeller="demo-reviewer",
+                      event=verdict.source)
+
+
+async def _train(stack: DemoStack, labels: list[AuditLabel]) -> RunRecord:
+    settings = TrainerSettings(
+        kafka=stack.settings.kafka, group_id=f"demo-trainer-{stack.run_id}", fetch=stack.settings.fetch,
+        guard=stack.settings.guard,
+        dataset=DatasetSettings(uri=str(stack.folder / "audit-data"), flush_interval_s=0.5),
+        jobs=JobSettings(interval_s=None, after_new_labels=None, work_dir=stack.folder / "runs"),
+        lite_refit=LiteRefitSettings(max_package_examples=PACKAGE_SAMPLE),
+        gate=GateSettings(release_uri=str(stack.folder / "releases"), min_held_out=5),
+        observability=ObservabilitySettings(health_enabled=False),
+    )
+    trainer = TrainerService(settings)
+    with stack.console.status("trainer: storing the labels as a data set…"):
+        await trainer.start()
+        try:
+            await produce_raw(settings.kafka.bootstrap_servers, trainer.topics.audit_labels,
+                              [(label.event_id.encode(), label.model_dump_json().encode()) for label in labels])
+            deadline = time.monotonic() + SWITCH_WAIT_S
+            while trainer.metrics.examples_written._value.get() < len(labels):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the trainer stored {trainer.metrics.examples_written._value.get()} of "
+                                       f"{len(labels)} labels in {SWITCH_WAIT_S}s")
+                await asyncio.sleep(0.2)
+        except BaseException:
+            await trainer.shutdown()
+            raise
+    stack.console.print(f"data set: {len(labels)} examples in {settings.dataset.uri}; running lite-refit "
+                        f"({PACKAGE_SAMPLE} package texts + the audit labels)…")
+    try:
+        [record] = await trainer.run_jobs("demo")
+    finally:
+        await trainer.shutdown()
+    return record
+
+
+async def _wait_for_switch(stack: DemoStack, version: str) -> None:
+    deadline = time.monotonic() + SWITCH_WAIT_S
+    with stack.console.status(f"worker: switching to {version}…"):
+        while stack.worker.served.ref.version != version:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker did not switch to {version} in {SWITCH_WAIT_S}s")
+            await asyncio.sleep(0.2)
+
+
+def _print_decision(console: Console, record: RunRecord) -> None:
+    d = record.decision
+    if record.outcome == "failed":
+        console.print(f"[red]the job failed:[/] {record.error}")
+        return
+    colour = "green" if record.outcome == "released" else "yellow"
+    console.print(f"[{colour}]{record.outcome}[/] {record.version}: F1 {d['candidate_f1']:.3f} against the serving "
+                  f"model's {d['serving_f1']:.3f} on {d['held_out']} held-out labels ({d['reason']}); "
+                  f"report: {record.report}")
+
+
+def _print_before_after(console: Console, events: list[ChatEvent], before: dict[str, Verdict],
+                        after: dict[str, Verdict]) -> None:
+    versions = (next(iter(before.values())).model.version, next(iter(after.values())).model.version)
+    table = Table(title=f"the same events, before (model {versions[0]}) and after the loop (model {versions[1]})")
+    for column in ("input", "before", "after", ""):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        old, new = before[event.event_id], after[event.event_id]
+        what = escape(event.text[:80] + (" [image]" if event.images else "") + (" [+response]" if event.response else ""))
+        changed = "changed" if (old.request_harmful, old.response_harmful) != (new.request_harmful, new.response_harmful) else ""
+        table.add_row(what, _cell(old), _cell(new), changed)
+    console.print(table)
+
+
+def _cell(verdict: Verdict) -> str:
+    if verdict.error is not None:
+        return f"error {verdict.error.code}"
+    request = f"{'harmful' if verdict.request_harmful else 'unharmful'} {verdict.request_score or 0:.2f}"
+    if verdict.response_harmful is None:
+        return request
+    response = "harmful" if verdict.response_harmful else "unharmful"
+    return f"{request}, response {response} {verdict.response_score or 0:.2f}"
