@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from trainer.settings import TrainerSettings
 from workers.settings import CONFIG_FILE_ENV, WorkerSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -50,5 +51,6 @@ def test_invalid_values_and_unknown_keys_are_refused(monkeypatch: pytest.MonkeyP
 
 def test_the_readme_documents_every_setting() -> None:
     text = README.read_text()
-    missing = [name for name in variables(WorkerSettings) if f"`{name}`" not in text]
+    names = variables(WorkerSettings) + variables(TrainerSettings)
+    missing = [name for name in names if f"`{name}`" not in text]
     assert missing == []
