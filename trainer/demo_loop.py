@@ -86,9 +86,9 @@ async def _train(stack: DemoStack, labels: list[AuditLabel]) -> RunRecord:
             await produce_raw(settings.kafka.bootstrap_servers, trainer.topics.audit_labels,
                               [(label.event_id.encode(), label.model_dump_json().encode()) for label in labels])
             deadline = time.monotonic() + SWITCH_WAIT_S
-            while trainer.metrics.examples_written._value.get() < len(labels):
+            while trainer.examples_stored < len(labels):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the trainer stored {trainer.metrics.examples_written._value.get()} of "
+                    raise TimeoutError(f"the trainer stored {trainer.examples_stored} of "
                                        f"{len(labels)} labels in {SWITCH_WAIT_S}s")
                 await asyncio.sleep(0.2)
         except BaseException:

@@ -83,6 +83,7 @@ class TrainerService:
         self._job_lock = asyncio.Lock()
         self._job_task: asyncio.Task[None] | None = None
         self._new_labels = 0  # stored since the last job run started
+        self.examples_stored = 0  # by this process, repeats of an event included
         self._flush_failures = 0
         self._stopping = asyncio.Event()
         self._started = False
@@ -236,6 +237,7 @@ class TrainerService:
             if examples:
                 self.metrics.shards_written.inc()
                 self.metrics.examples_written.inc(len(examples))
+                self.examples_stored += len(examples)
                 self._new_labels += len(examples)
         after = self.settings.jobs.after_new_labels
         if after is not None and self._new_labels >= after:

@@ -84,5 +84,5 @@ async def publish_labels(settings: TrainerSettings, labels: list[AuditLabel | by
 
 async def wait_for_examples(service: TrainerService, count: int, timeout_s: float = 60) -> None:
     """Until `count` examples (repeats of an event included) are in durable shards."""
-    await wait_until(lambda: service.metrics.examples_written._value.get() >= count, timeout_s=timeout_s,
+    await wait_until(lambda: service.examples_stored >= count, timeout_s=timeout_s,
                      what=f"{count} examples written")

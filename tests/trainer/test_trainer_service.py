@@ -6,13 +6,14 @@ from __future__ import annotations
 import aiohttp
 
 from schemas.events import AuditLabel, SourceRef
-from tests.conftest import PARTITIONS, running_worker
+from tests.conftest import PARTITIONS, S3, running_worker
 from tests.factories import BENIGN, HARMFUL, event
 from tests.kafka_io import committed_offsets
 from tests.trainer.conftest import label_for, publish_labels, running_trainer, verdict_records, wait_for_examples
 from tests.waiting import wait_until
 from topics.io import produce_events
 from topics.registry import TopicNames
+from trainer.service import TrainerService
 from trainer.settings import TrainerSettings
 from workers.guard.lite import LiteGuard
 from workers.settings import WorkerSettings
@@ -39,9 +40,9 @@ async def test_labels_become_a_deduplicated_data_set_and_offsets_follow_durable_
 
     async with running_trainer(trainer_settings) as trainer:
         await wait_for_examples(trainer, len(events) + 1)
-        await wait_until(lambda: sum(c._value.get() for c in _unresolvable(trainer).values()) >= 3, timeout_s=30,
+        await wait_until(lambda: sum(_unresolvable(trainer).values()) >= 3, timeout_s=30,
                          what="the three bad labels counted")
-        assert set(_unresolvable(trainer)) >= {"label_undecodable", "no_coordinates"}
+        assert _unresolvable(trainer) == {"label_undecodable": 1, "no_coordinates": 1, "event_mismatch": 1}
         await wait_until(lambda: trainer.status()["pending_labels"] == 0, timeout_s=10, what="every label stored")
         examples = await trainer.dataset.load()
         manifest = await trainer.dataset.manifest()
@@ -63,6 +64,34 @@ async def test_labels_become_a_deduplicated_data_set_and_offsets_follow_durable_
     assert sum(committed.values()) == len(labels)
 
 
-def _unresolvable(trainer: object) -> dict[str, object]:
-    metric = trainer.metrics.labels_unresolvable  # type: ignore[attr-defined]
-    return {labels[0]: child for labels, child in metric._metrics.items()}
+def _unresolvable(trainer: TrainerService) -> dict[str, float]:
+    """The unresolvable-label counts by reason, as /metrics reports them."""
+    return {sample.labels["reason"]: sample.value for metric in trainer.metrics.registry.collect()
+            for sample in metric.samples if sample.name == "guardstream_trainer_labels_unresolvable_total"}
+
+
+async def test_while_shards_cannot_be_written_labels_stay_uncommitted_and_readiness_says_why(
+    settings: WorkerSettings, trainer_settings: TrainerSettings, lite_guard: LiteGuard, s3: S3
+) -> None:
+    topics = TopicNames(settings.kafka.topic_prefix)
+    events = [event(t, conversation=f"c{i}") for i, t in enumerate(BENIGN)]
+    await produce_events(settings.kafka, topics.events, events)
+    async with running_worker(settings, lite_guard):
+        records = await verdict_records(trainer_settings, {e.event_id for e in events})
+    bucket = f"later-{topics.prefix.strip('.')}"
+    trainer_settings.dataset.uri = f"s3://{bucket}/data"  # a bucket that does not exist yet
+    await publish_labels(trainer_settings, [label_for(records[e.event_id], False) for e in events])
+    async with running_trainer(trainer_settings) as trainer:
+        await wait_until(lambda: trainer.metrics.registry.get_sample_value(
+            "guardstream_trainer_shard_failures_total") >= 2 and trainer.status()["pending_labels"] == len(events),
+            timeout_s=30, what="shard writes failing with every label waiting")
+        assert not trainer.ready and "data set writes failing" in trainer.problems()[0]
+        committed = await committed_offsets(settings.kafka.bootstrap_servers, trainer_settings.group_id,
+                                            topics.audit_labels, PARTITIONS)
+        assert sum(committed.values()) == 0
+        s3.client.create_bucket(Bucket=bucket)
+        await wait_for_examples(trainer, len(events))
+        await wait_until(lambda: trainer.ready, timeout_s=10, what="ready again")
+    committed = await committed_offsets(settings.kafka.bootstrap_servers, trainer_settings.group_id,
+                                        topics.audit_labels, PARTITIONS)
+    assert sum(committed.values()) == len(events)
