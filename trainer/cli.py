@@ -6,7 +6,7 @@ import asyncio
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
@@ -16,6 +16,9 @@ from workers.runtime import run_service
 if TYPE_CHECKING:
     from trainer.evaluate import Evaluation
     from trainer.settings import TrainerSettings
+    from workers.settings import WorkerSettings
+
+S = TypeVar("S", "WorkerSettings", "TrainerSettings")
 
 app = typer.Typer(help="Training jobs.", no_args_is_help=True)
 
@@ -68,6 +71,14 @@ def trainer_command() -> None:
     run_service(TrainerService(settings), settings.observability)
 
 
+def _quiet(settings: S, backend: str | None) -> S:
+    """Settings for a command that prints its result: warnings only in the log, the backend it was given."""
+    if backend:
+        settings.guard.backend = backend
+    configure_logging(settings.observability.log_format, "warning")
+    return settings
+
+
 def eval_command(
     data: Path = typer.Option(None, help="a labelled JSONL in the reference layout (prompt, image, response, labels)"),
     dataset: str = typer.Option(None, help="the trainer's data set (a folder or s3://…); default: dataset.uri"),
@@ -79,10 +90,7 @@ def eval_command(
     """Score a backend on labelled data: P/R/F1 per task and modality, threshold sweep, confusion, mistakes."""
     from trainer.settings import TrainerSettings
 
-    settings = TrainerSettings()
-    if backend:
-        settings.guard.backend = backend
-    configure_logging(settings.observability.log_format, "warning")
+    settings = _quiet(TrainerSettings(), backend)
     evaluation, report = asyncio.run(_evaluate_to(settings, data, dataset, split, out, batch_size))
     typer.echo(json.dumps({"report": str(report), **evaluation.metrics()}))
 
@@ -130,10 +138,7 @@ def audit_command(
     from trainer.audit_file import audit_file
     from workers.settings import WorkerSettings
 
-    settings = WorkerSettings()
-    if backend:
-        settings.guard.backend = backend
-    configure_logging(settings.observability.log_format, "warning")
+    settings = _quiet(WorkerSettings(), backend)
     target = out or file.with_name(f"{file.stem}.verdicts.jsonl")
     summary = asyncio.run(audit_file(file, target, settings.guard, settings.fetch, report, batch_size))
     typer.echo(json.dumps(asdict(summary), default=str))
