@@ -87,6 +87,12 @@ async def _run(name: str, settings: TrainerSettings, record: RunRecord) -> None:
     evaluation_set = [e for e in labelled if held_out(e.event.event_id, fraction)]
     training = TrainingData([e for e in labelled if not held_out(e.event.event_id, fraction)], settings.dataset.uri,
                             manifest.updated_at.isoformat(), len(evaluation_set))
+    if len(evaluation_set) < settings.gate.min_held_out:  # no gate could pass: do not spend the training
+        record.outcome = "refused"
+        record.decision = {"reason": f"{len(evaluation_set)} held-out labels, fewer than gate.min_held_out="
+                           f"{settings.gate.min_held_out}", "held_out": len(evaluation_set)}
+        log.info("release_decision", job=name, trigger=record.trigger, outcome=record.outcome, **record.decision)
+        return
     run_dir = settings.jobs.work_dir / f"{name}-{record.started_at:%Y%m%dT%H%M%S%f}"
     candidate = await asyncio.to_thread(make_job(name, settings).train, training, run_dir / "candidate")
     record.version = candidate.version

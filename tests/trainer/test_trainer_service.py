@@ -95,3 +95,22 @@ async def test_while_shards_cannot_be_written_labels_stay_uncommitted_and_readin
     committed = await committed_offsets(settings.kafka.bootstrap_servers, trainer_settings.group_id,
                                         topics.audit_labels, PARTITIONS)
     assert sum(committed.values()) == len(events)
+
+
+async def test_jobs_run_after_n_new_labels_and_on_the_schedule_and_each_decision_is_kept(
+    settings: WorkerSettings, trainer_settings: TrainerSettings, lite_guard: LiteGuard
+) -> None:
+    topics = TopicNames(settings.kafka.topic_prefix)
+    events = [event(t, conversation=f"c{i}") for i, t in enumerate(BENIGN[:3])]
+    await produce_events(settings.kafka, topics.events, events)
+    async with running_worker(settings, lite_guard):
+        records = await verdict_records(trainer_settings, {e.event_id for e in events})
+    trainer_settings.jobs.after_new_labels = 3
+    trainer_settings.jobs.interval_s = 2.0
+    await publish_labels(trainer_settings, [label_for(records[e.event_id], False) for e in events])
+    async with running_trainer(trainer_settings) as trainer:
+        await wait_until(lambda: {r["trigger"] for r in trainer.status()["runs"]} >= {"3 new labels", "schedule"},
+                         timeout_s=60, what="a run after 3 labels and a scheduled one")
+        runs = trainer.status()["runs"]
+    assert {r["outcome"] for r in runs} == {"refused"}  # three labels hold too few held-out ones to gate on
+    assert all("fewer than gate.min_held_out" in r["decision"]["reason"] for r in runs)
