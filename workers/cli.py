@@ -9,6 +9,7 @@ import typer
 from schemas.cli import app as schemas_app
 from topics.cli import app as topics_app
 from topics.cli import produce, tail
+from topics.replay_cli import replay_command
 from trainer.cli import app as train_app
 from trainer.cli import audit_command, eval_command, trainer_command
 from workers.runtime import run_service
@@ -23,6 +24,7 @@ app.command("tail")(tail)
 app.command("trainer")(trainer_command)
 app.command("eval")(eval_command)
 app.command("audit")(audit_command)
+app.command("replay")(replay_command)
 
 
 @app.command("worker")

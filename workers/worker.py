@@ -449,7 +449,7 @@ class Worker:
         return verdict, self._letter(record, error, event.event_id)
 
     def _letter(self, record: ConsumerRecord[bytes, bytes], error: GuardstreamError, event_id: str | None) -> DeadLetter:
-        return dead_letter(_source(record, self.settings.limits), record.value, error, event_id, self.settings.limits)
+        return dead_letter(record_source(record, self.settings.limits), record.value, error, event_id, self.settings.limits)
 
     @staticmethod
     def _typed(exc: BaseException, event_id: str | None) -> GuardstreamError:
@@ -465,7 +465,7 @@ class Worker:
         answered. If the answer cannot even be built into a record, a dead letter saying so is sent instead."""
         key = answer_key(record.key, self.settings.limits)
         if verdict is not None:  # a label on this verdict finds the event through these coordinates
-            verdict = verdict.model_copy(update={"source": _source(record, self.settings.limits)})
+            verdict = verdict.model_copy(update={"source": record_source(record, self.settings.limits)})
         try:
             await self.publisher.publish(key, verdict, letter)
         except Exception as exc:
@@ -581,7 +581,8 @@ def answer_key(key: bytes | None, limits: LimitSettings) -> bytes | None:
     return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
 
 
-def _source(record: ConsumerRecord[bytes, bytes], limits: LimitSettings) -> SourceRef:
+def record_source(record: ConsumerRecord[bytes, bytes], limits: LimitSettings) -> SourceRef:
+    """Where a record is: what dead letters and verdicts carry, so the record can be found again."""
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset,
                      key=None if key is None else cut(key, limits.max_key_bytes))
