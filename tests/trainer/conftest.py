@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord
 
-from schemas.events import AuditLabel, SourceRef, Verdict
+from schemas.events import AuditLabel, ChatEvent, SourceRef, Verdict
+from tests.conftest import running_worker
 from tests.kafka_io import read_until
 from tests.waiting import wait_until
-from topics.io import produce_raw
+from topics.io import produce_events, produce_raw
 from topics.registry import TopicNames
 from trainer.service import TrainerService
 from trainer.settings import DatasetSettings, GateSettings, JobSettings, LiteRefitSettings, TrainerSettings
@@ -53,7 +54,15 @@ async def running_trainer(settings: TrainerSettings) -> AsyncIterator[TrainerSer
         await service.shutdown()
 
 
-async def verdict_records(settings: TrainerSettings, event_ids: set[str]) -> dict[str, ConsumerRecord[bytes, bytes]]:
+async def judged(settings: WorkerSettings, backend: object,
+                 events: list[ChatEvent]) -> dict[str, ConsumerRecord[bytes, bytes]]:
+    """Publish `events`, let a worker answer them, and return each event's verdict record."""
+    await produce_events(settings.kafka, TopicNames(settings.kafka.topic_prefix).events, events)
+    async with running_worker(settings, backend):
+        return await verdict_records(settings, {e.event_id for e in events})
+
+
+async def verdict_records(settings: TrainerSettings | WorkerSettings, event_ids: set[str]) -> dict[str, ConsumerRecord[bytes, bytes]]:
     """The verdict record of each event (the first one, where an event has several)."""
     def covered(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
         return event_ids <= {Verdict.model_validate_json(r.value).event_id for r in records}

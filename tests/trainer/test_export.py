@@ -10,11 +10,10 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from tests.conftest import PARTITIONS, running_worker
+from tests.conftest import PARTITIONS
 from tests.factories import BENIGN, event
 from tests.kafka_io import partition_ends, read_topic
-from tests.trainer.conftest import label_for, publish_labels, verdict_records
-from topics.io import produce_events
+from tests.trainer.conftest import judged, label_for, publish_labels
 from topics.registry import TopicNames
 from trainer.dataset import DataSet
 from trainer.settings import TrainerSettings
@@ -29,9 +28,7 @@ async def test_a_label_range_is_exported_into_the_data_set_through_the_command(
 ) -> None:
     topics = TopicNames(settings.kafka.topic_prefix)
     events = [event(t, conversation=f"c{i}") for i, t in enumerate(BENIGN)]
-    await produce_events(settings.kafka, topics.events, events)
-    async with running_worker(settings, lite_guard):
-        records = await verdict_records(trainer_settings, {e.event_id for e in events})
+    records = await judged(settings, lite_guard, events)
     await publish_labels(trainer_settings, [label_for(records[e.event_id], False) for e in events] + [b"{}"])
     labels = await read_topic(settings.kafka.bootstrap_servers, topics.audit_labels, len(events) + 1)
     spec = ",".join(f"{p}:0-{end}" for p, end in partition_ends(labels, PARTITIONS).items())

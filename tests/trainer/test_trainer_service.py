@@ -6,12 +6,11 @@ from __future__ import annotations
 import aiohttp
 
 from schemas.events import AuditLabel, SourceRef
-from tests.conftest import PARTITIONS, S3, running_worker
+from tests.conftest import PARTITIONS, S3
 from tests.factories import BENIGN, HARMFUL, event
 from tests.kafka_io import committed_offsets
-from tests.trainer.conftest import label_for, publish_labels, running_trainer, verdict_records, wait_for_examples
+from tests.trainer.conftest import judged, label_for, publish_labels, running_trainer, wait_for_examples
 from tests.waiting import wait_until
-from topics.io import produce_events
 from topics.registry import TopicNames
 from trainer.service import TrainerService
 from trainer.settings import TrainerSettings
@@ -25,9 +24,7 @@ async def test_labels_become_a_deduplicated_data_set_and_offsets_follow_durable_
     topics = TopicNames(settings.kafka.topic_prefix)
     events = [event(t, conversation=f"c{i}") for i, t in enumerate(BENIGN + HARMFUL)]
     events.append(event("Describe this.", response="Sure, here is how to do it.", conversation="cr"))
-    await produce_events(settings.kafka, topics.events, events)
-    async with running_worker(settings, lite_guard):
-        records = await verdict_records(trainer_settings, {e.event_id for e in events})
+    records = await judged(settings, lite_guard, events)
     labels: list[AuditLabel | bytes] = [label_for(records[e.event_id], e.text in HARMFUL) for e in events[:-1]]
     labels.append(label_for(records[events[-1].event_id], False, True))
     relabelled = label_for(records[events[0].event_id], True, labeller="reviewer-2")  # later: this one wins
@@ -75,9 +72,7 @@ async def test_while_shards_cannot_be_written_labels_stay_uncommitted_and_readin
 ) -> None:
     topics = TopicNames(settings.kafka.topic_prefix)
     events = [event(t, conversation=f"c{i}") for i, t in enumerate(BENIGN)]
-    await produce_events(settings.kafka, topics.events, events)
-    async with running_worker(settings, lite_guard):
-        records = await verdict_records(trainer_settings, {e.event_id for e in events})
+    records = await judged(settings, lite_guard, events)
     bucket = f"later-{topics.prefix.strip('.')}"
     trainer_settings.dataset.uri = f"s3://{bucket}/data"  # a bucket that does not exist yet
     await publish_labels(trainer_settings, [label_for(records[e.event_id], False) for e in events])
@@ -100,11 +95,8 @@ async def test_while_shards_cannot_be_written_labels_stay_uncommitted_and_readin
 async def test_jobs_run_after_n_new_labels_and_on_the_schedule_and_each_decision_is_kept(
     settings: WorkerSettings, trainer_settings: TrainerSettings, lite_guard: LiteGuard
 ) -> None:
-    topics = TopicNames(settings.kafka.topic_prefix)
     events = [event(t, conversation=f"c{i}") for i, t in enumerate(BENIGN[:3])]
-    await produce_events(settings.kafka, topics.events, events)
-    async with running_worker(settings, lite_guard):
-        records = await verdict_records(trainer_settings, {e.event_id for e in events})
+    records = await judged(settings, lite_guard, events)
     trainer_settings.jobs.after_new_labels = 3
     trainer_settings.jobs.interval_s = 2.0
     await publish_labels(trainer_settings, [label_for(records[e.event_id], False) for e in events])
