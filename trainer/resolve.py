@@ -5,8 +5,9 @@ event (`verdict.source`); or the label names its event directly (`label.event`).
 record at its coordinates and checks that it is about the label's event.
 
 A label that can never be resolved raises `Unresolvable` with a reason code (counted by the trainer and
-acknowledged: retrying cannot help). A broker that does not answer raises its own KafkaError, and the
-label waits to be tried again, uncommitted.
+acknowledged: retrying cannot help): a record outside its partition's log, or of another event, is
+missing for good. A broker that does not answer, or a record inside the log that does not arrive within
+the timeout, raises a KafkaError, and the label waits to be tried again, uncommitted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 
 from schemas.events import AuditLabel, ChatEvent, SourceRef, Verdict
@@ -73,7 +75,8 @@ class RecordReader:
             await stop_consumer(self._consumer)
 
     async def read(self, ref: SourceRef) -> bytes:
-        """The value of the record at `ref`; RecordMissing if there is none within the timeout."""
+        """The value of the record at `ref`: RecordMissing if the log has none there, RecordUnavailable
+        (retriable) if it should and none came within the timeout."""
         assert self._consumer is not None, "start() first"
         tp = TopicPartition(ref.topic, ref.partition)
         self._consumer.assign([tp])
@@ -86,7 +89,23 @@ class RecordReader:
                     return record.value or b""
                 if record.offset > ref.offset:
                     raise RecordMissing(f"{ref.topic}[{ref.partition}]@{ref.offset} is gone (next is {record.offset})")
-        raise RecordMissing(f"no record at {ref.topic}[{ref.partition}]@{ref.offset} within {self.timeout_s}s")
+        await self._check_in_log(tp, ref)
+        raise RecordUnavailable(f"{_at(ref)} is inside the log but was not delivered within {self.timeout_s}s")
+
+    async def _check_in_log(self, tp: TopicPartition, ref: SourceRef) -> None:
+        """RecordMissing if the offset is outside the partition's log (a KafkaError if the broker cannot say)."""
+        assert self._consumer is not None
+        if ref.partition not in (self._consumer.partitions_for_topic(ref.topic) or set()):
+            raise RecordMissing(f"{ref.topic}[{ref.partition}] does not exist")
+        first, end = (await self._consumer.beginning_offsets([tp]))[tp], (await self._consumer.end_offsets([tp]))[tp]
+        if not first <= ref.offset < end:
+            raise RecordMissing(f"{_at(ref)} is outside the log [{first}, {end})")
+
+
+class RecordUnavailable(KafkaError):
+    """A record inside the log that did not arrive in time: the broker's trouble, so the label is retried."""
+
+    retriable = True
 
 
 class Resolver:
