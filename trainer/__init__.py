@@ -1,2 +1,5 @@
-"""The trainer service: labelled data in, better models out. Today: training the lite guard's text
-head (lite_head.py, from text that packages ship) and measuring the cascade on its held-out split."""
+"""The trainer: audit labels in, better models out. The service (`service.py`) stores labels as a data set
+(`resolve.py`, `dataset.py`); jobs (`jobs.py`, `lite_refit.py`) train candidates that `pipeline.py`
+evaluates (`evaluate.py`, `eval_report.py`), gates (`gate.py`) and releases. Also: the shipped lite head's
+training (`lite_head.py`), `guardstream eval`, `guardstream audit` (`audit_file.py`) and the label export
+of `guardstream replay` (`export.py`)."""
