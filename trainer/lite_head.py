@@ -150,12 +150,13 @@ def cross_fitted_lexical(data: ResponseData) -> np.ndarray:
     out = np.zeros(len(data.y), dtype=np.float32)
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=SEED)
     for fit_rows, score_rows in folds.split(np.zeros(len(data.y)), data.y):
-        head = fit_lexical(data.subset(_mask(len(data.y), fit_rows)))
+        head = fit_lexical(data.subset(rows_mask(len(data.y), fit_rows)))
         out[score_rows] = head.scores([data.responses[i] for i in score_rows])
     return out
 
 
-def _mask(n: int, rows: np.ndarray) -> np.ndarray:
+def rows_mask(n: int, rows: np.ndarray | list[int]) -> np.ndarray:
+    """A boolean mask of length `n` that is True at `rows`."""
     mask = np.zeros(n, dtype=bool)
     mask[rows] = True
     return mask

@@ -28,7 +28,7 @@ from trainer.jobs import Candidate, TrainingData
 from trainer.labelled import LabelledEvent, Task
 from trainer.lite_build import package_data
 from trainer.lite_data import LICENCES
-from trainer.lite_head import EMBEDDING_MODEL, RequestData, ResponseData, Vectors, tuned_heads
+from trainer.lite_head import EMBEDDING_MODEL, RequestData, ResponseData, Vectors, rows_mask, tuned_heads
 from trainer.settings import LiteRefitSettings
 from workers.guard.lite import load_embedder
 
@@ -68,12 +68,6 @@ def sample(items: list[T], labels: list[bool], limit: int | None, seed: int) -> 
     return out
 
 
-def _keep(n: int, rows: list[int]) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[rows] = True
-    return mask
-
-
 class LiteRefit:
     name = "lite-refit"
 
@@ -85,8 +79,8 @@ class LiteRefit:
         package_request, package_response = package_data()
         request_rows = sample(list(range(len(package_request.y))), package_request.y.tolist(), limit, seed)
         response_rows = sample(list(range(len(package_response.y))), package_response.y.tolist(), limit, seed)
-        package_request = package_request.subset(_keep(len(package_request.y), request_rows))
-        package_response = package_response.subset(_keep(len(package_response.y), response_rows))
+        package_request = package_request.subset(rows_mask(len(package_request.y), request_rows))
+        package_response = package_response.subset(rows_mask(len(package_response.y), response_rows))
         audit_request, audit_response = audit_data(data.examples, self.settings.audit_weight)
         request = package_request.join(audit_request)
         response = package_response.join(audit_response)
