@@ -7,7 +7,7 @@
 3. Leave one source out, for both heads (and for the first recipe, as the "before" rows).
 4. Cascade band: the widest one keeping 0.95 precision on the out-of-source scores (responses: the
    people-labelled PyRIT pairs, each scored by a head that never saw its harm category).
-5. Scored once by the finished model: the hard cases (`data/hard_cases.jsonl`, never used for a choice) and
+5. Scored once by the finished model: the hard cases (`data/hard_cases.jsonl`, on which nothing was chosen) and
    the development pairs (`data/dev_cases.jsonl`, on which the heads' regularisation, the assembled pairs'
    weight and the response threshold were chosen, so their figure flatters).
 6. The artefact records sources, licences, counts, thresholds and every figure; the report (JSON, Markdown,
