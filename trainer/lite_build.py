@@ -116,9 +116,8 @@ def build_lite_model(out: Path, report_dir: Path, threads: int = 2) -> LiteModel
     before_threshold = first_recipe_threshold(first_recipe, vectors, request_val[[family(s) in FIRST_RECIPE_SOURCES
                                                                                   for s in request.sources]])
 
-    model = heads.model()
-    scores = judge_hard_cases(model, cases, vectors)
-    hard = hard_case_figures(model, cases, scores, response_threshold)
+    scores = judge_hard_cases(heads, cases, vectors)
+    hard = hard_case_figures(heads, cases, scores)
     hard_request_y = np.array([c.request_harmful for c in cases])
     hard_response_y = np.array([bool(c.response_harmful) for c in cases if c.response is not None])
     # bands: requests from the hard cases (out of every source at once), responses from PyRIT's pairs left out

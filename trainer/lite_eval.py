@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 from trainer.lite_head import (
     REQUEST_C,
     RESPONSE_C,
+    Heads,
     RequestData,
     ResponseData,
     Vectors,
@@ -33,8 +34,8 @@ from trainer.lite_head import (
     fit_lexical,
     prf,
     response_features,
+    score_pairs,
 )
-from workers.guard.lite_model import LiteModel
 
 HARD_CASES = Path(__file__).resolve().parent / "data" / "hard_cases.jsonl"
 FIRST_RECIPE_SOURCES = ("donotanswer", "harmbench", "rtp", "normal_instructions", "falseclaims", "chatterbot")
@@ -149,26 +150,20 @@ class HardCaseScores:
     response: np.ndarray  # one per case with a response
 
 
-def judge_hard_cases(model: LiteModel, cases: list[HardCase], vectors: Vectors) -> HardCaseScores:
-    request = model.request.scores(vectors([c.prompt for c in cases]))
+def judge_hard_cases(heads: Heads, cases: list[HardCase], vectors: Vectors) -> HardCaseScores:
     with_response = [c for c in cases if c.response is not None]
-    if model.response is None:
-        response = model.request.scores(vectors([c.response or "" for c in with_response]))
-    else:
-        data = ResponseData([c.prompt for c in with_response], [c.response or "" for c in with_response],
-                            np.array([bool(c.response_harmful) for c in with_response]), ["hard"] * len(with_response),
-                            np.ones(len(with_response)))
-        lexical = model.lexical.scores(data.responses) if model.lexical is not None else np.zeros(len(with_response))
-        response = model.response.scores(response_features(data, vectors, model.request, lexical))
-    return HardCaseScores(request, response)
+    pairs = ResponseData([c.prompt for c in with_response], [c.response or "" for c in with_response],
+                         np.array([bool(c.response_harmful) for c in with_response]), ["hard"] * len(with_response),
+                         np.ones(len(with_response)))
+    return HardCaseScores(heads.request.scores(vectors([c.prompt for c in cases])), score_pairs(heads, pairs, vectors))
 
 
-def hard_case_figures(model: LiteModel, cases: list[HardCase], scores: HardCaseScores,
-                      response_threshold: float) -> dict[str, object]:
+def hard_case_figures(heads: Heads, cases: list[HardCase], scores: HardCaseScores) -> dict[str, object]:
+    request_threshold, response_threshold = heads.request.threshold, heads.response.threshold
     y_request = np.array([c.request_harmful for c in cases])
     with_response = [c for c in cases if c.response is not None]
     y_response = np.array([bool(c.response_harmful) for c in with_response])
-    request_ok = (scores.request >= model.request.threshold) == y_request
+    request_ok = (scores.request >= request_threshold) == y_request
     response_ok = (scores.response >= response_threshold) == y_response
     per_case = {c.id: bool(ok) for c, ok in zip(cases, request_ok, strict=True)}
     for c, ok in zip(with_response, response_ok, strict=True):
@@ -178,7 +173,7 @@ def hard_case_figures(model: LiteModel, cases: list[HardCase], scores: HardCaseS
         categories.setdefault(c.category, []).append(per_case[c.id])
     return {
         "cases": len(cases),
-        "request": {**prf(y_request, scores.request >= model.request.threshold), "accuracy": round(float(request_ok.mean()), 4)},
+        "request": {**prf(y_request, scores.request >= request_threshold), "accuracy": round(float(request_ok.mean()), 4)},
         "response": {**prf(y_response, scores.response >= response_threshold),
                      "accuracy": round(float(response_ok.mean()), 4), "n": len(with_response)},
         "passed": int(sum(per_case.values())),
