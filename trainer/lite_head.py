@@ -1,11 +1,13 @@
-"""Train the lite guard's two heads (`workers/guard/lite_model.py`) on embedded, labelled text.
+"""Train the lite guard's three heads (`workers/guard/lite_model.py`) on embedded, labelled text.
 
 - The request head: logistic regression over request embeddings.
-- The response head: logistic regression over pair features. The request head's scores inside them are
-  cross-fitted for the training pairs (each text scored by a head that never saw it), so the response
-  head learns how far to trust those scores on text the request head has not seen, as in real traffic.
-- Thresholds are chosen for F1 on validation scores the caller gives: out-of-source scores for the
-  shipped model (`trainer/lite_eval.py`), held-out events for the refit.
+- The lexical head: logistic regression over the responses' tf-idf.
+- The response head: logistic regression over pair features. The request and lexical scores inside them
+  are cross-fitted for the training pairs (each text scored by a head that never saw it), so the response
+  head learns how far to trust those scores on text the other heads have not seen, as in real traffic.
+- Thresholds are chosen for F1 on validation data (`tuned_heads`): a fixed part of the data for the refit
+  and for the shipped request threshold; `trainer/lite_build.py` sets the shipped response threshold on
+  out-of-category and development pairs.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from workers.guard.refusal import detect_refusal
 
 SEED = 0
 FOLDS = 5
-REQUEST_C = 4.0  # inverse L2 strength of each head (chosen on the development pairs, trainer/data/dev_cases.jsonl)
-RESPONSE_C = 0.5
+REQUEST_C = 4.0  # inverse L2 strength of each head: the request head's is the first recipe's;
+RESPONSE_C = 0.5  # the response and lexical heads' were chosen on the development pairs (trainer/data/dev_cases.jsonl)
 LEXICAL_C = 2.0
 LEXICAL_TERMS = 5000
 REAL_SOURCES = ("pyrit-", "audit:")  # people's labels of real responses; the response threshold is tuned on these
