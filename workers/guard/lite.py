@@ -84,6 +84,8 @@ class LiteGuard:
             image=settings.lite_image_threshold,
         )
         nsfw = NSFWClassifier(intra_op_num_threads=settings.lite_threads)
+        import profanity_check  # noqa: F401  its model loads on import (about 2 s): now, not on the first response
+
         return cls(model, load_embedder(settings.lite_threads), nsfw, thresholds)
 
     async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
