@@ -35,6 +35,11 @@ class KafkaSettings(Section):
     max_poll_records: int = Field(256, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
     commit_interval_ms: int = Field(1_000, ge=10)
+    fetch_max_wait_ms: int = Field(10, ge=0, description="how long a fetch waits at the broker for new records; "
+                                   "Kafka answers as soon as any arrive, some brokers only at this deadline")
+    linger_ms: int = Field(0, ge=0, description="how long an answer waits for others to share its produce request; "
+                           "under load they share it anyway, while the previous request is in flight")
+    produce_batch_bytes: int = Field(262_144, ge=1_024, description="answers per partition in one produce request")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a group with no committed offset starts: earliest answers every retained "
         "event (a first deployment works through the whole retention), latest skips what came before")

@@ -40,6 +40,7 @@ from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardRe
 from workers.guard.registry import load_backend
 from workers.guard_stage import GuardStage
 from workers.health import HealthServer
+from workers.intake import FairPoller
 from workers.kafka_clients import client_options
 from workers.metrics import WorkerMetrics
 from workers.model_watch import ModelWatcher
@@ -88,6 +89,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._started = False
         self._paused = False
+        self._room = asyncio.Event()  # set when a paused worker may poll again (or is stopping)
         self._last_commit = 0.0
         self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._event_decoder = ThreadPoolExecutor(1, thread_name_prefix="decode-events")  # big records: off the loop
@@ -119,6 +121,7 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop polling, drain and commit (safe from a signal handler)."""
         self._stopping.set()
+        self._room.set()
 
     async def run(self) -> None:
         try:
@@ -142,7 +145,8 @@ class Worker:
             self._run_batch, s.batch.max_batch, s.batch.max_wait_ms, s.batch.max_batches_in_flight
         )
         kafka = client_options(s.kafka)  # brokers, client id, TLS and SASL
-        self.producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=5)
+        self.producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=s.kafka.linger_ms,
+                                         max_batch_size=s.kafka.produce_batch_bytes)
         self.consumer = AIOKafkaConsumer(
             **kafka,
             group_id=s.kafka.group_id,
@@ -150,7 +154,9 @@ class Worker:
             auto_offset_reset=s.kafka.auto_offset_reset,
             session_timeout_ms=s.kafka.session_timeout_ms,
             heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
+            fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,
         )
+        self._poller = FairPoller(self.consumer)
         await self.producer.start()
         self._closers.insert(0, self.producer.stop)
         self.publisher = Publisher(self.producer, self.topics, s.kafka, self.metrics)
@@ -252,7 +258,11 @@ class Worker:
 
     async def _poll_iteration(self) -> None:
         k = self.settings.kafka
-        records = await self._poll()
+        if self._paused:  # no blind poll: wait for answers to make room (or for the next commit)
+            due = self._last_commit + k.commit_interval_ms / 1000 - time.monotonic()
+            await _wait_or_timeout(self._room, max(0.0, due))
+            self._apply_backpressure()
+        records = await self._poll(0 if self._paused else k.poll_timeout_ms)
         for record in records:
             self.tracker.polled(TopicPartition(record.topic, record.partition), record.offset)
         self.metrics.events_in.inc(len(records))
@@ -263,13 +273,14 @@ class Worker:
             await self.commit()
             await self._observe_lag()
 
-    async def _poll(self) -> list[ConsumerRecord[bytes, bytes]]:
-        """One poll. A poll that raises (a record batch the consumer cannot decode, say) is not one
+    async def _poll(self, timeout_ms: int) -> list[ConsumerRecord[bytes, bytes]]:
+        """One poll (paused partitions give nothing; a paused worker still polls, without waiting, so the
+        group keeps it and partitions assigned meanwhile are read). A poll that raises (a record batch the consumer cannot decode, say) is not one
         record's fault and no answer can be given for it: it is logged, counted and reported by /readyz,
         and polling goes on with a growing pause, never a crash loop."""
         k = self.settings.kafka
         try:
-            polled = await self.consumer.getmany(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records)
+            records = await self._poller.poll(k.max_poll_records, timeout_ms)
         except Exception as exc:
             self._poll_failures += 1
             self.metrics.poll_errors.labels(type(exc).__name__).inc()
@@ -281,7 +292,7 @@ class Worker:
         if self._poll_failures:
             log.info("poll_recovered", after_failures=self._poll_failures)
             self._poll_failures = 0
-        return [record for batch in polled.values() for record in batch]
+        return records
 
     async def _admit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Decode every record, answer cache hits, and start a task for everything else."""
@@ -472,7 +483,7 @@ class Worker:
             event_id = verdict.event_id if verdict else (letter.event_id if letter else None)
             verdict, letter = None, self._letter(record, self._typed(exc, event_id), event_id)
             await self.publisher.publish(key, None, letter)
-        self.tracker.answered(TopicPartition(record.topic, record.partition), record.offset)
+        self._answered(record)
         if letter is not None:
             self.metrics.dead_letters.labels(letter.reason).inc()
         if verdict is not None:
@@ -508,7 +519,18 @@ class Worker:
         self.metrics.commits.inc()
         log.debug("committed", offsets={str(tp): off for tp, off in points.items()})
 
+    def _answered(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.tracker.answered(TopicPartition(record.topic, record.partition), record.offset)
+        if self._paused and self.tracker.unanswered_count() <= self._resume_at:
+            self._room.set()
+
+    @property
+    def _resume_at(self) -> int:
+        return self.settings.batch.max_in_flight_events // 2
+
     def _apply_backpressure(self) -> None:
+        """Pause every partition at `max_in_flight_events` unanswered, resume at half of it. While paused
+        the worker does not poll for records at all: it waits for the answers that make room."""
         in_flight = self.tracker.unanswered_count()
         self.metrics.in_flight.set(in_flight)
         limit = self.settings.batch.max_in_flight_events
@@ -517,8 +539,9 @@ class Worker:
             if not self._paused:
                 self.metrics.pauses.inc()
                 log.info("backpressure_pause", in_flight=in_flight, limit=limit)
+                self._room.clear()
             self._paused = True
-        elif self._paused and in_flight <= limit // 2:
+        elif self._paused and in_flight <= self._resume_at:
             self.consumer.resume(*self.consumer.paused())
             self._paused = False
             log.info("backpressure_resume", in_flight=in_flight)
