@@ -1,6 +1,8 @@
 """Step 5: the micro-batcher. A batch closes at `max_batch` items or `max_wait_ms` after its first item,
 whichever comes first; at most `max_batches_in_flight` batches run at once, and items wait in the queue
-meanwhile. The queue is bounded by the worker, which pauses its partitions above `max_in_flight_events`:
+meanwhile. A slot is free again the moment its batch ends, and the next batch is already forming while
+the others run. For a backend that batches on its own (vLLM's engine, a server), the worker reshapes it
+to batches of one and as many slots as that backend takes requests at once. The queue is bounded by the worker, which pauses its partitions above `max_in_flight_events`:
 input waits in Kafka, never in memory without limit, and nothing is dropped.
 """
 
@@ -13,7 +15,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
-Batch = list[tuple[T, asyncio.Future[R]]]
+Batch = list[tuple[T, "asyncio.Future[R] | None"]]  # no future: the batch function answers the item itself
 
 
 class BatcherClosed(RuntimeError):
@@ -31,8 +33,9 @@ class MicroBatcher(Generic[T, R]):
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
-        self._slots = asyncio.Semaphore(max_batches_in_flight)
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._max_in_flight = max_batches_in_flight
+        self._slot_freed = asyncio.Event()
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R] | None]] = asyncio.Queue()
         self._running: dict[asyncio.Task[None], Batch[T, R]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -41,15 +44,28 @@ class MicroBatcher(Generic[T, R]):
     def queued(self) -> int:
         return self._queue.qsize()
 
+    def reshape(self, max_batch: int, max_wait_ms: int, max_batches_in_flight: int) -> None:
+        """New limits, from the next batch on (batches running keep their slots)."""
+        self._max_batch, self._max_wait_s, self._max_in_flight = max_batch, max_wait_ms / 1000, max_batches_in_flight
+        self._slot_freed.set()
+
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._collect_forever(), name="micro-batcher")
 
     async def submit(self, item: T) -> R:
+        """Queue `item` and wait for its result."""
         if self._closed:
             raise BatcherClosed("the batcher is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))
         return await future
+
+    def put(self, item: T) -> None:
+        """Queue `item` without waiting: the batch function answers it (its result is not kept), and an
+        item that close() drops is nobody's to fail."""
+        if self._closed:
+            raise BatcherClosed("the batcher is closed")
+        self._queue.put_nowait((item, None))
 
     async def close(self, timeout_s: float = 0.0) -> None:
         """Stop collecting and fail the queued items at once; batches already running get `timeout_s` to
@@ -73,13 +89,19 @@ class MicroBatcher(Generic[T, R]):
             batch = [await self._queue.get()]
             try:
                 await self._fill(batch)
-                await self._slots.acquire()
+                while len(self._running) >= self._max_in_flight:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
             except asyncio.CancelledError:
                 _fail(batch, BatcherClosed("the batcher closed before this item ran"))
                 raise
             task = asyncio.create_task(self._run(batch))
             self._running[task] = batch
-            task.add_done_callback(self._running.pop)
+            task.add_done_callback(self._free_slot)
+
+    def _free_slot(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._slot_freed.set()
 
     async def _fill(self, batch: Batch[T, R]) -> None:
         """Add queued items to `batch` until it is full or `max_wait_ms` after its first item. (Not
@@ -93,18 +115,16 @@ class MicroBatcher(Generic[T, R]):
         try:
             results = await self._run_batch([item for item, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_result(result)
         except Exception as exc:  # the futures carry the failure to each waiting event
             _fail(batch, exc)
         except BaseException:
             _fail(batch, BatcherClosed("the batcher stopped this batch before it finished"))
             raise
-        finally:
-            self._slots.release()
 
 
 def _fail(batch: Batch[T, R], exc: BaseException) -> None:
     for _, future in batch:
-        if not future.done():
+        if future is not None and not future.done():
             future.set_exception(exc)

@@ -61,7 +61,7 @@ def _answering(event: ChatEvent) -> dict[str, str]:
 
 def ok_verdict(
     event: ChatEvent, result: GuardResult, model: ModelRef, policy_version: str, key: str, cache_hit: bool,
-    timings_ms: dict[str, float],
+    timings_ms: dict[str, float], source: SourceRef | None = None,
 ) -> Verdict:
     return Verdict(
         **_answering(event),
@@ -79,11 +79,13 @@ def ok_verdict(
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         timings_ms=timings_ms,
+        source=source,
     )
 
 
 def error_verdict(
-    event: ChatEvent, error: GuardstreamError, model: ModelRef, policy_version: str, timings_ms: dict[str, float]
+    event: ChatEvent, error: GuardstreamError, model: ModelRef, policy_version: str, timings_ms: dict[str, float],
+    source: SourceRef | None = None,
 ) -> Verdict:
     """An event that could not be moderated. It says why in a fixed sentence (`error.summary`): the
     detail, which may name sizes, locations and digests, goes only to the dead-letter topic."""
@@ -95,6 +97,7 @@ def error_verdict(
         policy_version=policy_version,
         error=error.info(),
         timings_ms=timings_ms,
+        source=source,
     )
 
 
@@ -157,28 +160,70 @@ class Publisher:
         if verdict is not None:
             await self._deliver(self.topics.verdicts, verdict, key, smaller_verdict)
 
-    async def _deliver(self, topic: str, record: M, key: bytes | None, shrink: Callable[[M], M]) -> None:
+    async def publish_many(self, answers: list[tuple[bytes | None, Verdict | None, DeadLetter | None]]
+                           ) -> list[Exception | None]:
+        """`publish` for many answers at once: every dead letter is handed to the producer, then awaited,
+        then every verdict; they share produce requests instead of each waiting for its own round trip.
+        A record the broker refuses goes the one-by-one way (`_deliver`: retried, shrunk, reported), and
+        a record that cannot even be built fails its own answer only: each answer's error, or None."""
+        errors: list[Exception | None] = [None] * len(answers)
+        with self.metrics.stage_seconds.labels("emit").time():
+            letters = [(i, letter) for i, (_, _, letter) in enumerate(answers) if letter is not None]
+            await self._deliver_many(self.topics.dlq, letters, answers, errors, smaller_dead_letter)
+            verdicts = [(i, v) for i, (_, v, _) in enumerate(answers) if v is not None and errors[i] is None]
+            await self._deliver_many(self.topics.verdicts, verdicts, answers, errors, smaller_verdict)
+        return errors
+
+    async def _deliver_many(self, topic: str, records: list[tuple[int, M]],
+                            answers: list[tuple[bytes | None, Verdict | None, DeadLetter | None]],
+                            errors: list[Exception | None], shrink: Callable[[M], M]) -> None:
+        sent: list[tuple[int, M, asyncio.Future[object]]] = []
+        refused: list[tuple[int, M, KafkaError]] = []
+        for i, record in records:
+            try:
+                sent.append((i, record, await self.producer.send(topic, record.model_dump_json().encode(),
+                                                                 key=answers[i][0])))
+            except KafkaError as exc:
+                refused.append((i, record, exc))
+            except Exception as exc:
+                errors[i] = exc
+        for i, record, delivery in sent:
+            try:
+                await delivery
+            except KafkaError as exc:
+                refused.append((i, record, exc))
+        for i, record, exc in refused:  # rare: one by one, until the broker takes it
+            try:
+                await self._deliver(topic, record, answers[i][0], shrink, exc)
+            except Exception as exc:
+                errors[i] = exc
+
+    async def _deliver(self, topic: str, record: M, key: bytes | None, shrink: Callable[[M], M],
+                       refused: KafkaError | None = None) -> None:
+        """Send `record` until the broker takes it; `refused` is the broker's answer to a send already made."""
         attempt, shrunk, stalled = 0, False, False
         try:
             while True:
-                try:
-                    with self.metrics.stage_seconds.labels("emit").time():
-                        await self.producer.send_and_wait(topic, record.model_dump_json().encode(), key=key)
-                    return
-                except KafkaError as exc:
-                    attempt += 1
-                    failure = classify(exc)
-                    self.metrics.produce_retries.labels(failure.value, type(exc).__name__).inc()
-                    if failure is ProduceFailure.TOO_LARGE and not shrunk:
-                        record, shrunk = shrink(record), True
-                        log.warning("produce_shrunk", topic=topic, error=type(exc).__name__)
-                        continue
-                    if not stalled and (failure is not ProduceFailure.TRANSIENT or attempt >= STALL_AFTER_ATTEMPTS):
-                        stalled = True
-                        self._stall(+1)
-                    log.error("produce_failed", topic=topic, attempt=attempt, failure=failure.value,
-                              error=f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(backoff_s(attempt + 1, 0.1, self.backoff_max_s))
+                if refused is None:
+                    try:
+                        with self.metrics.stage_seconds.labels("emit").time():
+                            await self.producer.send_and_wait(topic, record.model_dump_json().encode(), key=key)
+                        return
+                    except KafkaError as exc:
+                        refused = exc
+                attempt += 1
+                failure = classify(refused)
+                self.metrics.produce_retries.labels(failure.value, type(refused).__name__).inc()
+                error, refused = f"{type(refused).__name__}: {refused}", None
+                if failure is ProduceFailure.TOO_LARGE and not shrunk:
+                    record, shrunk = shrink(record), True
+                    log.warning("produce_shrunk", topic=topic, error=error.partition(":")[0])
+                    continue
+                if not stalled and (failure is not ProduceFailure.TRANSIENT or attempt >= STALL_AFTER_ATTEMPTS):
+                    stalled = True
+                    self._stall(+1)
+                log.error("produce_failed", topic=topic, attempt=attempt, failure=failure.value, error=error)
+                await asyncio.sleep(backoff_s(attempt + 1, 0.1, self.backoff_max_s))
         finally:
             if stalled:
                 self._stall(-1)

@@ -1,8 +1,11 @@
 """The moderation worker: poll, decode, key, cache, fetch, batch, guard, emit, commit.
 
-Each polled record becomes one task that ends in exactly one answer: a verdict (ok or error) and,
-for input that can never be moderated, a dead letter. Only answered offsets are committed
-(see commit.py), so a crash repeats work and never loses an event.
+Each polled record ends in exactly one answer: a verdict (ok or error) and, for input that can never be
+moderated, a dead letter. Records travel in groups, not one task each: a poll's failures and cache hits
+are answered together, the rest go to the micro-batcher (identical content in flight shares one item),
+and each finished batch is stored and answered together, its verdicts sharing produce requests. Only an
+event whose images must be fetched gets a task of its own. Only answered offsets are committed (see
+commit.py), so a crash repeats work and never loses an event.
 
 Nothing one record carries can leave its own path: every exception on it (decode, limits, key, cache,
 fetch, guard, verdict) ends as that record's reason-coded answer, and an exception nobody expected is
@@ -17,13 +20,15 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
+from PIL import Image
 
 from schemas.events import ChatEvent, DeadLetter, ModelRef, ModelRelease, SourceRef, Verdict
 from topics.registry import TopicNames
@@ -36,7 +41,7 @@ from workers.decode import check_limits, decode_event
 from workers.emit import Publisher, cut, dead_letter, error_verdict, ok_verdict
 from workers.errors import GuardstreamError, InternalError
 from workers.fetch import FetchedImage, ImageFetcher
-from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardResult
+from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardResult, concurrent_requests
 from workers.guard.registry import load_backend
 from workers.guard_stage import GuardStage
 from workers.health import HealthServer
@@ -46,7 +51,6 @@ from workers.metrics import WorkerMetrics
 from workers.model_watch import ModelWatcher
 from workers.served_model import ServedModel, load_release, release_settings
 from workers.settings import GuardSettings, LimitSettings, WorkerSettings
-from workers.singleflight import SingleFlight
 
 log = structlog.get_logger("guardstream.worker")
 
@@ -64,6 +68,30 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
+
+
+@dataclass(eq=False)
+class Pending:
+    """One polled event on its way to its one answer, bound to the model served when it was admitted."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: ChatEvent
+    served: ServedModel
+    started: float  # admission (monotonic)
+    key: str | None = None  # the content key, once known
+    images: list[Image.Image] = field(default_factory=list)
+    guard_started: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What answers one record: a verdict, a dead letter, or both. `served` is released once it is sent."""
+
+    record: ConsumerRecord[bytes, bytes]
+    verdict: Verdict | None
+    letter: DeadLetter | None
+    served: ServedModel | None = None
 
 
 class Worker:
@@ -84,12 +112,13 @@ class Worker:
         self._backend = backend
         self._cache = cache
         self._fetcher = ImageFetcher(settings.fetch)
-        self._singleflight: SingleFlight[str, GuardResult] = SingleFlight()
+        self._inflight: dict[str, list[Pending]] = {}  # content key → events waiting on its one inference
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._started = False
         self._paused = False
         self._room = asyncio.Event()  # set when a paused worker may poll again (or is stopping)
+        self._all_answered = asyncio.Event()  # set while nothing polled is unanswered (what a drain waits for)
         self._last_commit = 0.0
         self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._event_decoder = ThreadPoolExecutor(1, thread_name_prefix="decode-events")  # big records: off the loop
@@ -142,8 +171,7 @@ class Worker:
         self.served = self._serve(self._backend, s.guard, owned)
         self._closers.insert(0, self._close_served)
         self.batcher: MicroBatcher[tuple[ServedModel, str, GuardRequest], GuardOutcome] = MicroBatcher(
-            self._run_batch, s.batch.max_batch, s.batch.max_wait_ms, s.batch.max_batches_in_flight
-        )
+            self._run_batch, *self._batch_shape(self._backend))
         kafka = client_options(s.kafka)  # brokers, client id, TLS and SASL
         self.producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=s.kafka.linger_ms,
                                          max_batch_size=s.kafka.produce_batch_bytes)
@@ -183,12 +211,13 @@ class Worker:
     async def _shutdown(self) -> None:
         self._stopping.set()
         self._shutdown_deadline = time.monotonic() + self.settings.drain_timeout_s
-        pending: set[asyncio.Task[None]] = set()
-        if self._tasks:
-            log.info("draining", in_flight=len(self._tasks), timeout_s=self.settings.drain_timeout_s)
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_s)
+        unanswered = self.tracker.unanswered_count()
+        if unanswered:
+            log.info("draining", in_flight=unanswered, timeout_s=self.settings.drain_timeout_s)
+            await _wait_or_timeout(self._all_answered, self.settings.drain_timeout_s)
         if self._started:
             await self.commit()
+        pending = set(self._tasks)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -199,7 +228,7 @@ class Worker:
                 log.exception("close_failed", closer=getattr(closing, "__qualname__", repr(closing)))
         if self.health:
             await self.health.stop()
-        log.info("worker_stopped", abandoned=len(pending))
+        log.info("worker_stopped", unanswered=self.tracker.unanswered_count())
 
     # -- the served model -------------------------------------------------------------------
 
@@ -225,10 +254,20 @@ class Worker:
             log.error("model_switch_failed", version=release.version, error=f"{type(exc).__name__}: {exc}")
             return
         replaced, self.served = self.served, self._serve(backend, guard, owned=True)
+        self.batcher.reshape(*self._batch_shape(backend))
         if replaced.owned:
             self._spawn(self._retire(replaced))
         self.metrics.model_switches.inc()
         log.info("model_switched", name=release.name, old=current.version, new=release.version, backend=backend.name)
+
+    def _batch_shape(self, backend: GuardBackend) -> tuple[int, int, int]:
+        """max_batch, max_wait_ms and batches in flight for `backend`: the settings' micro-batches, or for a
+        backend that batches on its own, one request at a time in as many slots as it takes at once."""
+        own = concurrent_requests(backend)
+        if own is not None:
+            return 1, 0, own
+        b = self.settings.batch
+        return b.max_batch, b.max_wait_ms, b.max_batches_in_flight
 
     async def _retire(self, replaced: ServedModel) -> None:
         """Close a replaced model once the events bound to it are answered (frees GPU memory)."""
@@ -265,6 +304,8 @@ class Worker:
         records = await self._poll(0 if self._paused else k.poll_timeout_ms)
         for record in records:
             self.tracker.polled(TopicPartition(record.topic, record.partition), record.offset)
+        if records:
+            self._all_answered.clear()
         self.metrics.events_in.inc(len(records))
         if records:
             await self._admit(records)
@@ -295,7 +336,8 @@ class Worker:
         return records
 
     async def _admit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Decode every record, answer cache hits, and start a task for everything else."""
+        """Decode every record; answer failures and cache hits together, queue the rest for the guard (a
+        task each only for events whose images must be fetched first)."""
         served = self.served  # every event of this poll is bound to the model served now
         served.users += 1  # held while this poll is admitted, so a switch cannot retire it under us
         try:
@@ -307,25 +349,36 @@ class Worker:
         limits = self.settings.limits
         loop = asyncio.get_running_loop()
         decoded = await loop.run_in_executor(self._event_decoder, decode_all, [r.value for r in records], limits)
-        admitted: list[tuple[ConsumerRecord[bytes, bytes], ChatEvent, str | None]] = []
+        started = time.monotonic()
+        answers: list[Answer] = []
+        keyed: list[Pending] = []
         for record, event in zip(records, decoded, strict=True):
             if isinstance(event, GuardstreamError):  # nothing to answer but the dead letter
-                self._spawn(self._publish(record, None, self._letter(record, event, None)), record)
+                answers.append(Answer(record, None, self._letter(record, event, None)))
                 continue
+            pending = Pending(record, event, served, started)
             try:
                 check_limits(event, limits)
-                admitted.append((record, event, self._early_key(event, served)))
+                pending.key = self._early_key(event, served)
             except Exception as exc:
-                self._spawn(self._publish(record, *self._failure(record, event, exc, {}, served)), record)
-        started = time.monotonic()
-        hits = await self._lookup([key for _, _, key in admitted if key], served)
-        cache_ms = _ms_since(started)
-        for record, event, key in admitted:
-            if key and key in hits:
-                self._spawn(self._answer_hit(record, event, hits[key], key, {"cache_ms": cache_ms}, served), record)
+                answers.append(self._failed(pending, exc))
+                continue
+            served.users += 1  # released when the event is answered
+            if pending.key is None:  # its images decide its key: fetched on its own task
+                self._spawn(self._fetch_then_guard(pending), [record])
             else:
-                served.users += 1  # released when the event is answered
-                self._spawn(self._moderate(record, event, key, served), record)
+                keyed.append(pending)
+        hits = await self._lookup([p.key for p in keyed if p.key], served)
+        cache_ms = _ms_since(started)
+        for pending in keyed:
+            hit = hits.get(pending.key) if pending.key else None
+            if hit is not None:
+                pending.timings["cache_ms"] = cache_ms
+                answers.append(self._ok(pending, hit, cache_hit=True))
+            else:
+                self._guard(pending)
+        if answers:
+            self._spawn(self._answer(answers), [a.record for a in answers])
 
     def _early_key(self, event: ChatEvent, served: ServedModel) -> str | None:
         """The content key before any image is fetched, or None. An image's digest is known only once
@@ -339,79 +392,75 @@ class Worker:
             return served.content_key(event, digests)  # type: ignore[arg-type]
         return None
 
-    async def _answer_hit(self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, result: GuardResult, key: str,
-                          timings: dict[str, float], served: ServedModel) -> None:
+    async def _fetch_then_guard(self, pending: Pending) -> None:
+        """An event with images: fetch them, key it by their digests, then answer it from the cache or
+        send it to the guard."""
         try:
-            verdict, letter = self._verdict(event, result, key, True, timings, served), None
+            images = await self._fetch_images(pending.event, pending.timings)
+            pending.images = [image.image for image in images]
+            pending.key = pending.served.content_key(pending.event, [image.sha256 for image in images])
+            hit = (await self._lookup([pending.key], pending.served)).get(pending.key)
         except Exception as exc:
-            verdict, letter = self._failure(record, event, exc, timings, served)
-        await self._publish(record, verdict, letter)
-
-    async def _moderate(
-        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, key: str | None, served: ServedModel
-    ) -> None:
-        try:
-            await self._moderate_bound(record, event, key, served)
-        finally:
-            served.users -= 1
-
-    async def _moderate_bound(
-        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, key: str | None, served: ServedModel
-    ) -> None:
-        timings: dict[str, float] = {}
-        started = time.monotonic()
-        letter, hit = None, None
-        try:
-            images = await self._fetch_images(event, timings)
-            if key is None:
-                key = served.content_key(event, [image.sha256 for image in images])
-                hit = (await self._lookup([key], served)).get(key)
-            verdict = None if hit is not None else await self._judge(event, images, key, served, timings, started)
-        except Exception as exc:
-            verdict, letter = self._failure(record, event, exc, timings, served)
-        if verdict is None:  # a cache hit, found once the images' digests were known
-            assert hit is not None and key is not None
-            await self._answer_hit(record, event, hit, key, timings, served)
+            await self._answer([self._failed(pending, exc)])
+            return
+        if hit is not None:
+            await self._answer([self._ok(pending, hit, cache_hit=True)])
         else:
-            await self._publish(record, verdict, letter)
-
-    async def _judge(self, event: ChatEvent, images: list[FetchedImage], key: str, served: ServedModel,
-                     timings: dict[str, float], started: float) -> Verdict:
-        request = GuardRequest(text=event.text, images=[i.image for i in images], response=event.response)
-        guard_started = time.monotonic()
-        result, shared = await self._singleflight.do(key, lambda: self._infer(served, key, request))
-        timings["guard_ms"] = _ms_since(guard_started)
-        if shared:
-            self.metrics.singleflight_joins.inc()
-        timings["total_ms"] = _ms_since(started)
-        return self._verdict(event, result, key, False, timings, served)
+            self._guard(pending)
 
     async def _fetch_images(self, event: ChatEvent, timings: dict[str, float]) -> list[FetchedImage]:
-        if not event.images:
-            return []
         started = time.monotonic()
         with self.metrics.stage_seconds.labels("fetch").time():
             images = await asyncio.gather(*(self._fetcher.fetch(ref) for ref in event.images))
         timings["fetch_ms"] = _ms_since(started)
         return list(images)
 
-    async def _infer(self, served: ServedModel, key: str, request: GuardRequest) -> GuardResult:
-        outcome = await self.batcher.submit((served, key, request))
-        if isinstance(outcome, GuardstreamError):
-            raise outcome
-        return outcome
+    # -- the guard ---------------------------------------------------------------------------
+
+    def _guard(self, pending: Pending) -> None:
+        """Queue the event for the next batch; an identical one already queued or running takes it along
+        (one inference, one answer each)."""
+        assert pending.key is not None
+        pending.guard_started = time.monotonic()
+        waiting = self._inflight.get(pending.key)
+        if waiting is not None:
+            waiting.append(pending)
+            self.metrics.singleflight_joins.inc()
+            return
+        self._inflight[pending.key] = [pending]
+        request = GuardRequest(text=pending.event.text, images=pending.images, response=pending.event.response)
+        self.batcher.put((pending.served, pending.key, request))
 
     async def _run_batch(self, items: list[tuple[ServedModel, str, GuardRequest]]) -> list[GuardOutcome]:
-        """Run each model's items on that model (a batch spans two only around a switch)."""
-        outcomes: list[GuardOutcome | None] = [None] * len(items)
+        """Run each model's items on that model (a batch spans two only around a switch), then hand the
+        outcomes to a task that stores and answers them, so the device's slot is free at once."""
+        outcomes: list[GuardOutcome] = []
         for served in dict.fromkeys(s for s, _, _ in items):
-            mine = [i for i, (s, _, _) in enumerate(items) if s is served]
-            results = await served.stage.run([items[i][2] for i in mine])
-            for i, outcome in zip(mine, results, strict=True):
-                outcomes[i] = outcome
-            await self._store({items[i][1]: o for i, o in zip(mine, results, strict=True) if isinstance(o, GuardResult)},
-                              served)
-        return outcomes  # type: ignore[return-value]
+            mine = [(key, request) for s, key, request in items if s is served]
+            try:
+                results = await served.stage.run([request for _, request in mine])
+            except Exception as exc:  # the stage answers backend failures itself; anything else is a bug
+                log.exception("guard_stage_failed_unexpectedly", items=len(mine))
+                results = [InternalError(f"the guard stage failed: {type(exc).__name__}: {exc}")] * len(mine)
+            outcomes.extend(results)
+            done = {key: outcome for (key, _), outcome in zip(mine, results, strict=True)}
+            owned: list[ConsumerRecord[bytes, bytes]] = [p.record for key in done for p in self._inflight.get(key, [])]
+            self._spawn(self._finish(served, done), owned)
+        return outcomes
+
+    async def _finish(self, served: ServedModel, done: dict[str, GuardOutcome]) -> None:
+        """Store a batch's results, then answer every event that waited on them (those that joined while
+        the store ran too)."""
+        await self._store({key: o for key, o in done.items() if isinstance(o, GuardResult)}, served)
+        answers = []
+        for key, outcome in done.items():
+            for pending in self._inflight.pop(key, []):
+                if isinstance(outcome, GuardResult):
+                    pending.timings["guard_ms"] = _ms_since(pending.guard_started)
+                    answers.append(self._ok(pending, outcome, cache_hit=False))
+                else:
+                    answers.append(self._failed(pending, outcome))
+        await self._answer(answers)
 
     # -- cache -------------------------------------------------------------------------------
 
@@ -432,6 +481,8 @@ class Worker:
         return hits
 
     async def _store(self, results: dict[str, GuardResult], served: ServedModel) -> None:
+        if not results:
+            return
         assert self._cache is not None
         try:
             await self._cache.put_many({served.cache_key(k): v for k, v in results.items()})
@@ -441,23 +492,29 @@ class Worker:
 
     # -- answers -----------------------------------------------------------------------------
 
-    def _verdict(
-        self, event: ChatEvent, result: GuardResult, key: str, cache_hit: bool, timings: dict[str, float],
-        served: ServedModel,
-    ) -> Verdict:
+    def _ok(self, pending: Pending, result: GuardResult, cache_hit: bool) -> Answer:
+        """The verdict of a judged event (a verdict that cannot be built is that event's failure)."""
+        assert pending.key is not None
         if cache_hit:
             self.metrics.cache_hits.inc()
-        return ok_verdict(event, result, served.ref, served.policy_version, key, cache_hit, timings)
+        else:
+            pending.timings["total_ms"] = _ms_since(pending.started)
+        try:
+            verdict = ok_verdict(pending.event, result, pending.served.ref, pending.served.policy_version, pending.key,
+                                 cache_hit, pending.timings, record_source(pending.record, self.settings.limits))
+        except Exception as exc:
+            return self._failed(pending, exc)
+        return Answer(pending.record, verdict, None, pending.served)
 
-    def _failure(
-        self, record: ConsumerRecord[bytes, bytes], event: ChatEvent, exc: BaseException, timings: dict[str, float],
-        served: ServedModel,
-    ) -> tuple[Verdict, DeadLetter]:
+    def _failed(self, pending: Pending, exc: BaseException) -> Answer:
+        """An error verdict and a dead letter, both saying why (the exception's type and message)."""
+        event, served = pending.event, pending.served
         error = self._typed(exc, event.event_id)
         log.warning("event_failed", event_id=event.event_id, code=error.code, retriable=error.retriable,
                     error=cut(str(error), self.settings.limits.max_error_chars))
-        verdict = error_verdict(event, error, served.ref, served.policy_version, timings)
-        return verdict, self._letter(record, error, event.event_id)
+        verdict = error_verdict(event, error, served.ref, served.policy_version, pending.timings,
+                                record_source(pending.record, self.settings.limits))
+        return Answer(pending.record, verdict, self._letter(pending.record, error, event.event_id), served)
 
     def _letter(self, record: ConsumerRecord[bytes, bytes], error: GuardstreamError, event_id: str | None) -> DeadLetter:
         return dead_letter(record_source(record, self.settings.limits), record.value, error, event_id, self.settings.limits)
@@ -469,26 +526,28 @@ class Worker:
         log.error("event_failed_unexpectedly", event_id=event_id, exc_info=exc)
         return InternalError(f"{type(exc).__name__}: {exc}")
 
-    async def _publish(
-        self, record: ConsumerRecord[bytes, bytes], verdict: Verdict | None, letter: DeadLetter | None
-    ) -> None:
-        """Produce the answer (the publisher retries until the broker takes it); only then is the offset
-        answered. If the answer cannot even be built into a record, a dead letter saying so is sent instead."""
-        key = answer_key(record.key, self.settings.limits)
-        if verdict is not None:  # a label on this verdict finds the event through these coordinates
-            verdict = verdict.model_copy(update={"source": record_source(record, self.settings.limits)})
-        try:
-            await self.publisher.publish(key, verdict, letter)
-        except Exception as exc:
-            event_id = verdict.event_id if verdict else (letter.event_id if letter else None)
-            verdict, letter = None, self._letter(record, self._typed(exc, event_id), event_id)
-            await self.publisher.publish(key, None, letter)
-        self._answered(record)
-        if letter is not None:
-            self.metrics.dead_letters.labels(letter.reason).inc()
-        if verdict is not None:
-            self.metrics.verdicts_out.labels(verdict.status.value, str(verdict.request_harmful)).inc()
-            self._hand_over(verdict)
+    async def _answer(self, answers: list[Answer]) -> None:
+        """Produce the answers together (the publisher retries each until the broker takes it); only then
+        is each offset answered. An answer that cannot even be built into a record is replaced by a dead
+        letter saying so."""
+        limits = self.settings.limits
+        keys = [answer_key(a.record.key, limits) for a in answers]
+        errors = await self.publisher.publish_many(
+            [(key, a.verdict, a.letter) for key, a in zip(keys, answers, strict=True)])
+        for key, answer, error in zip(keys, answers, errors, strict=True):
+            if error is not None:
+                event_id = answer.verdict.event_id if answer.verdict else (answer.letter.event_id if answer.letter else None)
+                answer = Answer(answer.record, None, self._letter(answer.record, self._typed(error, event_id), event_id),
+                                answer.served)
+                await self.publisher.publish(key, None, answer.letter)
+            self._answered(answer.record)
+            if answer.served is not None:
+                answer.served.users -= 1
+            if answer.letter is not None:
+                self.metrics.dead_letters.labels(answer.letter.reason).inc()
+            if answer.verdict is not None:
+                self.metrics.verdicts_out.labels(answer.verdict.status.value, str(answer.verdict.request_harmful)).inc()
+                self._hand_over(answer.verdict)
 
     def _hand_over(self, verdict: Verdict) -> None:
         """Give the verdict to the embedding application's hook; its failure is logged and counted, never
@@ -521,8 +580,11 @@ class Worker:
 
     def _answered(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.tracker.answered(TopicPartition(record.topic, record.partition), record.offset)
-        if self._paused and self.tracker.unanswered_count() <= self._resume_at:
+        unanswered = self.tracker.unanswered_count()
+        if self._paused and unanswered <= self._resume_at:
             self._room.set()
+        if not unanswered:
+            self._all_answered.set()
 
     @property
     def _resume_at(self) -> int:
@@ -557,24 +619,23 @@ class Worker:
             if highwater is not None:
                 self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], record: ConsumerRecord[bytes, bytes] | None = None) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], records: Sequence[ConsumerRecord[bytes, bytes]] = ()) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(lambda done: self._reap(done, record))
+        task.add_done_callback(lambda done: self._reap(done, records))
 
-    def _reap(self, task: asyncio.Task[None], record: ConsumerRecord[bytes, bytes] | None) -> None:
-        """A task's end. Record tasks answer their own failures; one that still raised is logged and counted,
-        and if it left its offset unanswered, that partition stops committing and /readyz says so."""
+    def _reap(self, task: asyncio.Task[None], records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """A task's end. Tasks answer their records' failures themselves; one that still raised is logged and
+        counted, and if it left offsets unanswered, their partitions stop committing and /readyz says so."""
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
-        self.metrics.task_failures.labels("record" if record else "worker").inc()
-        place = (TopicPartition(record.topic, record.partition), record.offset) if record else None
-        stalled = place is not None and self.tracker.is_unanswered(*place)
-        if stalled:
-            self._stalled_by_failures.add(place)  # type: ignore[arg-type]
-        where = {"partition": record.partition, "offset": record.offset} if record else {}
-        log.error("task_failed", **where, offset_stalled=stalled, exc_info=task.exception())
+        self.metrics.task_failures.labels("record" if records else "worker").inc()
+        places = [(TopicPartition(r.topic, r.partition), r.offset) for r in records]
+        stalled = [place for place in places if self.tracker.is_unanswered(*place)]
+        self._stalled_by_failures.update(stalled)
+        where = {"partition": records[0].partition, "offset": records[0].offset, "records": len(records)} if records else {}
+        log.error("task_failed", **where, offsets_stalled=len(stalled), exc_info=task.exception())
 
 
 def decode_all(values: list[bytes | None], limits: LimitSettings) -> list[ChatEvent | GuardstreamError]:

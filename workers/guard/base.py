@@ -49,10 +49,20 @@ GuardOutcome = GuardResult | GuardstreamError
 
 class GuardBackend(Protocol):
     """moderate() answers every request, in order: a result, or the error of that one item (an output
-    that does not parse, say). A failure of the whole call raises (BackendError or any exception)."""
+    that does not parse, say). A failure of the whole call raises (BackendError or any exception).
+
+    A backend that batches on its own (a continuous-batching engine, a server) says how many requests it
+    takes at once in `concurrent_requests`: the worker then hands it each request as it arrives, up to
+    that many, instead of micro-batches that hold their slot until their longest request ends."""
 
     name: str
 
     async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]: ...
 
     async def close(self) -> None: ...
+
+
+def concurrent_requests(backend: GuardBackend) -> int | None:
+    """The requests `backend` batches by itself at once, or None for a backend fed micro-batches."""
+    value = getattr(backend, "concurrent_requests", None)
+    return value if isinstance(value, int) and value > 0 else None

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from workers.guard.lite_model import LiteModel, PairSignals, TextHead, pair_feat
 from workers.guard.refusal import Refusal, detect_refusal
 from workers.settings import GuardSettings
 
-__all__ = ["LiteGuard", "LiteModel", "TextHead", "embed", "load_embedder", "profanity_scores"]
+__all__ = ["LiteGuard", "LiteModel", "PackedMiniLM", "TextHead", "embed", "load_embedder", "profanity_scores"]
 
 
 def load_embedder(threads: int) -> Any:
@@ -40,9 +42,83 @@ def load_embedder(threads: int) -> Any:
 
 
 def embed(embedder: Any, texts: list[str]) -> np.ndarray:
+    """Sentence-transformers' own encode: what the build embeds its training texts with."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
     return np.asarray(embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True))
+
+
+class PackedMiniLM:
+    """all-MiniLM-L6-v2's forward pass on a batch packed without padding: the serving path of `embed`.
+
+    A batch of 16 chat-length texts costs about 5 GFLOP of matrix products, which 2 cores do at about
+    125 GFLOP/s: the model is bound by its arithmetic, so the way to go faster is to do less of it.
+    `encode` pads every text to the batch's longest (16 texts of 11 to 20 tokens: 320 token rows for 253
+    real ones) and runs the generic module pipeline. Here every token-wise step (the embeddings, the
+    linear layers, layer norm, GELU) runs on the real tokens only, the three attention projections are
+    one matrix product, and only attention itself sees the batch padded, under the same key mask. Same
+    weights and the same operations as the model's own forward (post-LN BERT, exact GELU, mean pooling
+    over the real tokens, L2 normalisation), so the embeddings agree with `embed` to about 1e-7.
+    """
+
+    def __init__(self, embedder: Any):
+        import torch
+
+        bert = embedder[0].auto_model
+        self.tokenizer, self.max_length = embedder.tokenizer, embedder.max_seq_length
+        self.heads = bert.config.num_attention_heads
+        e = bert.embeddings
+        self.word, self.position = e.word_embeddings.weight, e.position_embeddings.weight
+        self.token_type = e.token_type_embeddings.weight[0]  # every text is one segment
+        self.norm = e.LayerNorm
+        with torch.no_grad():
+            self.layers = [(torch.cat([a.query.weight, a.key.weight, a.value.weight]),
+                            torch.cat([a.query.bias, a.key.bias, a.value.bias]),
+                            layer.attention.output, layer.intermediate.dense, layer.output)
+                           for layer in bert.encoder.layer for a in [layer.attention.self]]
+
+    @classmethod
+    def of(cls, embedder: Any) -> PackedMiniLM | None:
+        """None unless `embedder` is what this reimplements: BERT, mean pooling, then normalisation."""
+        modules = [type(m).__name__ for m in embedder] if hasattr(embedder, "__iter__") else []
+        if modules != ["Transformer", "Pooling", "Normalize"] or embedder[1].pooling_mode != "mean":
+            return None
+        config = embedder[0].auto_model.config
+        if (type(embedder[0].auto_model).__name__, config.position_embedding_type, config.hidden_act) != (
+                "BertModel", "absolute", "gelu"):
+            return None
+        return cls(embedder)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        if not texts:
+            return np.zeros((0, self.word.shape[1]), dtype=np.float32)
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = torch.tensor([len(i) for i in ids])
+        n, width, dim = len(ids), int(lengths.max()), self.word.shape[1]
+        real = torch.arange(width) < lengths[:, None]
+        rows = real.flatten().nonzero().squeeze(1)  # each real token's row in the padded (n * width) batch
+        ragged = len(rows) < n * width
+
+        def padded(x: torch.Tensor) -> torch.Tensor:
+            if ragged:
+                x = x.new_zeros(n * width, x.shape[1]).index_copy_(0, rows, x)
+            return x.view(n, width, -1)
+
+        with torch.inference_mode():
+            tokens = torch.tensor(list(chain.from_iterable(ids)))
+            h = self.norm(self.word[tokens] + self.token_type + self.position[rows % width])
+            keys = real[:, None, None, :]
+            for qkv_weight, qkv_bias, attention_out, up, out in self.layers:
+                q, k, v = padded(F.linear(h, qkv_weight, qkv_bias)).view(n, width, 3, self.heads, -1).permute(
+                    2, 0, 3, 1, 4)
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys).transpose(1, 2).reshape(n * width, dim)
+                h = attention_out.LayerNorm(attention_out.dense(a.index_select(0, rows) if ragged else a) + h)
+                h = out.LayerNorm(out.dense(F.gelu(up(h))) + h)
+            pooled = padded(h).sum(1) / lengths[:, None].to(h.dtype)
+            return F.normalize(pooled, p=2, dim=1).numpy()
 
 
 def profanity_scores(texts: list[str]) -> np.ndarray:
@@ -71,6 +147,7 @@ class LiteGuard:
         self.thresholds = thresholds
         self.fingerprint = f"{model.fingerprint}-{thresholds.request:g}-{thresholds.response:g}-{thresholds.image:g}"
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-lite")
+        self.embed: Callable[[list[str]], np.ndarray] = PackedMiniLM.of(embedder) or partial(embed, embedder)
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> LiteGuard:
@@ -96,7 +173,7 @@ class LiteGuard:
 
     def moderate_sync(self, requests: list[GuardRequest]) -> list[GuardResult]:
         has_text = [bool(r.text.strip()) for r in requests]
-        text_vectors = embed(self.embedder, [r.text for r, t in zip(requests, has_text, strict=True) if t])
+        text_vectors = self.embed([r.text for r, t in zip(requests, has_text, strict=True) if t])
         prompt_vectors = np.zeros((len(requests), text_vectors.shape[1]), dtype=np.float32)
         prompt_vectors[np.array(has_text, dtype=bool)] = text_vectors
         text_scores = iter(self.model.request.scores(text_vectors).tolist())
@@ -115,7 +192,7 @@ class LiteGuard:
                          has_text: list[bool]) -> Iterator[ResponseJudgement]:
         rows = [i for i, r in enumerate(requests) if r.response is not None]
         texts = [requests[i].response or "" for i in rows]
-        vectors = embed(self.embedder, texts)
+        vectors = self.embed(texts)
         refusals = [detect_refusal(t) for t in texts]
         profanity = profanity_scores(texts)
         if self.model.response is None or self.model.lexical is None:  # first format: the request head alone

@@ -1,6 +1,8 @@
 """The `openai` guard: GuardReasoner-VL behind an OpenAI-compatible chat-completions server.
 
-For a GPU pool scaled apart from the workers (`vllm serve`, `transformers serve`). Images travel as
+For a GPU pool scaled apart from the workers (`vllm serve`, `transformers serve`). The worker keeps
+`openai_concurrency` requests open at all times (`concurrent_requests`): each goes out as it arrives and
+its place is taken the moment it is answered, so the server's own batching always has that many. Images travel as
 data URIs. Servers with a reasoning parser move the `<think>` text into `reasoning_content`; both parts
 are read and put back together before parsing.
 """
@@ -53,6 +55,7 @@ class OpenAIGuard:
         self.model = model
         self.max_tokens = max_tokens
         self._slots = asyncio.Semaphore(concurrency)
+        self.concurrent_requests = concurrency
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> OpenAIGuard:

@@ -1,8 +1,10 @@
 """The `vllm` guard: GuardReasoner-VL in process on vLLM's async engine.
 
-Each request is submitted to the engine the moment its micro-batch is released, so vLLM's own
-continuous batching interleaves them with everything already running; the shared instruction is
-reused through prefix caching. A LoRA adapter is applied per request, so an adapter release switches
+The worker hands each request to the engine the moment it arrives (`concurrent_requests` is
+`vllm_max_num_seqs`, so the worker's batcher runs batches of one in that many slots): the engine holds up
+to max_num_seqs sequences, and a finished sequence's place is taken by the next request at once, never
+after the rest of a micro-batch ends. vLLM's continuous batching interleaves them; the shared
+instruction is reused through prefix caching. A LoRA adapter is applied per request, so an adapter release switches
 models on the same engine without reloading the base weights.
 
 vLLM needs a CUDA machine; it is an optional dependency (`pip install 'guardstream[gpu]'`).
@@ -73,7 +75,8 @@ class VLLMGuard:
     name = "vllm"
 
     def __init__(self, engine: Any, render: Callable[[list[dict[str, Any]]], str], sampling_params: Any,
-                 adapter: Adapter | None = None, make_lora: Callable[[Adapter], Any] | None = None) -> None:
+                 adapter: Adapter | None = None, make_lora: Callable[[Adapter], Any] | None = None,
+                 concurrent_requests: int | None = None) -> None:
         if adapter is not None and make_lora is None:
             raise BackendUnavailable(f"adapter {adapter.name}: the vllm engine was started without enable_lora")
         self.engine = engine
@@ -82,6 +85,7 @@ class VLLMGuard:
         self.adapter = adapter
         self._make_lora = make_lora
         self._owns_engine = True
+        self.concurrent_requests = concurrent_requests  # the engine's max_num_seqs
 
     @property
     def lora_enabled(self) -> bool:
@@ -112,7 +116,8 @@ class VLLMGuard:
         if settings.vllm_lora_adapter is not None:
             adapter = Adapter(settings.model_version, settings.vllm_lora_adapter, next(_lora_ids))
         lora = make_lora if options.get("enable_lora") else None
-        return cls(engine, render, SamplingParams(**sampling_options(settings)), adapter, lora)
+        return cls(engine, render, SamplingParams(**sampling_options(settings)), adapter, lora,
+                   settings.vllm_max_num_seqs)
 
     def with_adapter(self, name: str, path: Path) -> VLLMGuard:
         """The same engine serving another LoRA adapter (a model switch without reloading weights).
@@ -122,7 +127,7 @@ class VLLMGuard:
             raise BackendUnavailable(f"adapter {name}: the vllm engine was started without enable_lora "
                                      "(set GUARDSTREAM_GUARD__VLLM_LORA_ADAPTER at start to serve adapter releases)")
         other = VLLMGuard(self.engine, self.render, self.sampling_params, Adapter(name, path, next(_lora_ids)),
-                          self._make_lora)
+                          self._make_lora, self.concurrent_requests)
         other._owns_engine, self._owns_engine = self._owns_engine, False
         return other
 
