@@ -1,7 +1,9 @@
 """Step 5: the micro-batcher. A batch closes at `max_batch` items or `max_wait_ms` after its first item,
 whichever comes first; at most `max_batches_in_flight` batches run at once, and items wait in the queue
 meanwhile. A slot is free again the moment its batch ends, and the next batch is already forming while
-the others run. For a backend that batches on its own (vLLM's engine, a server), the worker reshapes it
+the others run. With `dispatch_when_idle`, a forming batch also closes the moment no batch is running
+(at once, if none is): the wait is for company while the device is busy, and an idle device gains
+nothing from it. Under load a batch is always running, so batches still fill. For a backend that batches on its own (vLLM's engine, a server), the worker reshapes it
 to batches of one and as many slots as that backend takes requests at once. The queue is bounded by the worker, which pauses its partitions above `max_in_flight_events`:
 input waits in Kafka, never in memory without limit, and nothing is dropped.
 """
@@ -9,7 +11,7 @@ input waits in Kafka, never in memory without limit, and nothing is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -29,20 +31,23 @@ class MicroBatcher(Generic[T, R]):
         max_batch: int,
         max_wait_ms: int,
         max_batches_in_flight: int,
+        dispatch_when_idle: bool = False,
     ) -> None:
         self._run_batch = run_batch
+        self._dispatch_when_idle = dispatch_when_idle
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
         self._max_in_flight = max_batches_in_flight
         self._slot_freed = asyncio.Event()
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R] | None]] = asyncio.Queue()
+        self._queue: deque[tuple[T, asyncio.Future[R] | None]] = deque()
+        self._wake = asyncio.Event()  # an item was queued, or (dispatch_when_idle) the last batch ended
         self._running: dict[asyncio.Task[None], Batch[T, R]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def reshape(self, max_batch: int, max_wait_ms: int, max_batches_in_flight: int) -> None:
         """New limits, from the next batch on (batches running keep their slots)."""
@@ -57,7 +62,8 @@ class MicroBatcher(Generic[T, R]):
         if self._closed:
             raise BatcherClosed("the batcher is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
+        self._queue.append((item, future))
+        self._wake.set()
         return await future
 
     def put(self, item: T) -> None:
@@ -65,7 +71,8 @@ class MicroBatcher(Generic[T, R]):
         item that close() drops is nobody's to fail."""
         if self._closed:
             raise BatcherClosed("the batcher is closed")
-        self._queue.put_nowait((item, None))
+        self._queue.append((item, None))
+        self._wake.set()
 
     async def close(self, timeout_s: float = 0.0) -> None:
         """Stop collecting and fail the queued items at once; batches already running get `timeout_s` to
@@ -75,8 +82,8 @@ class MicroBatcher(Generic[T, R]):
         if self._loop_task:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        while not self._queue.empty():
-            _fail([self._queue.get_nowait()], BatcherClosed("the batcher closed before this item ran"))
+        _fail(list(self._queue), BatcherClosed("the batcher closed before this item ran"))
+        self._queue.clear()
         if not self._running:
             return
         _, late = await asyncio.wait(set(self._running), timeout=timeout_s)
@@ -86,7 +93,10 @@ class MicroBatcher(Generic[T, R]):
 
     async def _collect_forever(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = [self._queue.popleft()]
             try:
                 await self._fill(batch)
                 while len(self._running) >= self._max_in_flight:
@@ -102,14 +112,26 @@ class MicroBatcher(Generic[T, R]):
     def _free_slot(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._slot_freed.set()
+        if not self._running and self._dispatch_when_idle:
+            self._wake.set()
 
     async def _fill(self, batch: Batch[T, R]) -> None:
-        """Add queued items to `batch` until it is full or `max_wait_ms` after its first item. (Not
-        wait_for: on 3.11 it can swallow a cancel that races a finished get, and close() would hang.)"""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._max_wait_s):
-                while len(batch) < self._max_batch:
-                    batch.append(await self._queue.get())
+        """Add queued items to `batch` until it is full, `max_wait_ms` after its first item, or (with
+        dispatch_when_idle) no batch is running. (asyncio.timeout, not wait_for: on 3.11 wait_for can
+        swallow a cancel that races a finished wait, and close() would hang.)"""
+        deadline = asyncio.get_running_loop().time() + self._max_wait_s
+        while len(batch) < self._max_batch:
+            if self._queue:
+                batch.append(self._queue.popleft())
+                continue
+            if self._dispatch_when_idle and not self._running:
+                return
+            self._wake.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
 
     async def _run(self, batch: Batch[T, R]) -> None:
         try:

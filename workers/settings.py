@@ -109,6 +109,9 @@ class BatchSettings(Section):
     max_batch: int = Field(16, ge=1)
     max_wait_ms: int = Field(20, ge=0)
     max_batches_in_flight: int = Field(2, ge=1)
+    dispatch_when_idle: bool = Field(True, description="start a batch at once, without max_wait_ms, when none is "
+                                     "running: an idle device gains nothing from the wait (batches still fill "
+                                     "under load, while one runs)")
     max_in_flight_events: int = Field(512, ge=1, description="above this, partitions are paused")
 
 

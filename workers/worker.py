@@ -171,7 +171,7 @@ class Worker:
         self.served = self._serve(self._backend, s.guard, owned)
         self._closers.insert(0, self._close_served)
         self.batcher: MicroBatcher[tuple[ServedModel, str, GuardRequest], GuardOutcome] = MicroBatcher(
-            self._run_batch, *self._batch_shape(self._backend))
+            self._run_batch, *self._batch_shape(self._backend), dispatch_when_idle=s.batch.dispatch_when_idle)
         kafka = client_options(s.kafka)  # brokers, client id, TLS and SASL
         self.producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=s.kafka.linger_ms,
                                          max_batch_size=s.kafka.produce_batch_bytes)

@@ -60,6 +60,34 @@ async def test_batches_in_flight_are_bounded() -> None:
     assert recorder.max_running == 2
 
 
+async def test_an_idle_batcher_starts_a_batch_at_once() -> None:
+    """dispatch_when_idle: with no batch running, the wait for company buys nothing (max_wait is 10 s here)."""
+    batcher = MicroBatcher(Recorder(), max_batch=16, max_wait_ms=10_000, max_batches_in_flight=2,
+                           dispatch_when_idle=True)
+    batcher.start()
+    assert await asyncio.wait_for(batcher.submit(1), LIMIT_S / 2) == 10
+    await batcher.close()
+
+
+async def test_a_forming_batch_closes_when_the_running_one_ends() -> None:
+    """While a batch runs, the next one collects what arrives; it starts the moment the device is free,
+    not at max_wait, and takes everything that came meanwhile."""
+    hold = asyncio.Event()
+    recorder = Recorder(hold)
+    batcher = MicroBatcher(recorder, max_batch=16, max_wait_ms=10_000, max_batches_in_flight=2,
+                           dispatch_when_idle=True)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(1))
+    await wait_until(lambda: recorder.running == 1, timeout_s=LIMIT_S, what="the first batch runs")
+    later = [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4)]
+    await wait_until(lambda: batcher.queued == 0, timeout_s=LIMIT_S, what="the items are collected")
+    assert len(recorder.batches) == 1  # collected into a forming batch, which waits while the first runs
+    hold.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *later), LIMIT_S / 2) == [10, 20, 30, 40]
+    assert recorder.batches == [[1], [2, 3, 4]]
+    await batcher.close()
+
+
 async def test_a_failing_batch_fails_each_of_its_items_and_the_batcher_goes_on() -> None:
     calls = 0
 
