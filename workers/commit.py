@@ -32,25 +32,30 @@ class OffsetTracker(Generic[P]):
 
     def __init__(self) -> None:
         self._partitions: dict[P, PartitionProgress] = {}
+        self._unanswered = 0  # over all partitions, kept as offsets come and go (read on every answer)
 
     def polled(self, partition: P, offset: int) -> None:
         progress = self._partitions.setdefault(partition, PartitionProgress())
-        progress.unanswered.add(offset)
+        if offset not in progress.unanswered:
+            progress.unanswered.add(offset)
+            self._unanswered += 1
         if progress.next_offset is None or offset + 1 > progress.next_offset:
             progress.next_offset = offset + 1
 
     def answered(self, partition: P, offset: int) -> None:
         progress = self._partitions.get(partition)
-        if progress is not None:  # a revoked partition's late answers are no longer ours to commit
+        if progress is not None and offset in progress.unanswered:  # a revoked partition's are no longer ours
             progress.unanswered.discard(offset)
+            self._unanswered -= 1
 
     def is_unanswered(self, partition: P, offset: int) -> bool:
         progress = self._partitions.get(partition)
         return progress is not None and offset in progress.unanswered
 
     def unanswered_count(self, partitions: Iterable[P] | None = None) -> int:
-        keys = self._partitions.keys() if partitions is None else partitions
-        return sum(len(self._partitions[p].unanswered) for p in keys if p in self._partitions)
+        if partitions is None:
+            return self._unanswered
+        return sum(len(self._partitions[p].unanswered) for p in partitions if p in self._partitions)
 
     def to_commit(self, partitions: Iterable[P] | None = None) -> dict[P, int]:
         """Commit points that moved since the last `committed()` call."""
@@ -70,4 +75,6 @@ class OffsetTracker(Generic[P]):
 
     def forget(self, partitions: Iterable[P]) -> None:
         for p in partitions:
-            self._partitions.pop(p, None)
+            progress = self._partitions.pop(p, None)
+            if progress is not None:
+                self._unanswered -= len(progress.unanswered)

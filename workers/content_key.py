@@ -17,8 +17,10 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def normalise_text(text: str) -> str:
-    """NFKC-fold and collapse whitespace; case is kept because it can carry meaning."""
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    """NFKC-fold and collapse whitespace; case is kept because it can carry meaning. (ASCII text is its own
+    NFKC form: the fold is skipped for it, the common case on the hot path.)"""
+    folded = text if text.isascii() else unicodedata.normalize("NFKC", text)
+    return _WHITESPACE.sub(" ", folded).strip()
 
 
 def content_key(

@@ -6,6 +6,10 @@ while the others wait, and their commit points stand still. Here each poll asks 
 partition for its share of `max_records` first (starting from a different partition each time), then
 hands the rest of the budget round to whoever still has records; only when no partition has anything
 prefetched does it wait, up to `timeout_ms`, for the first records to arrive.
+
+A paused partition is never named in a poll: aiokafka drops a paused partition's prefetched records when a
+poll walks over them, and then fetches nothing for the others until the partition it still buffers is
+read, so the partition that happened to be buffered when the worker resumed ran ahead of the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ class FairPoller:
 
     async def poll(self, max_records: int, timeout_ms: int) -> Records:
         partitions = self._rotation()
-        if not partitions:  # none assigned yet (the group is joining), or all paused: the plain call waits
+        if not partitions:
+            if self.consumer.assignment():  # all paused: nothing to read, and their buffers are kept
+                return []
+            # none assigned yet (the group is joining): the plain call waits for the assignment
             return _flat(await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
         share = max(1, max_records // len(partitions))
         taken: Records = []

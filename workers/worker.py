@@ -315,8 +315,8 @@ class Worker:
             await self._observe_lag()
 
     async def _poll(self, timeout_ms: int) -> list[ConsumerRecord[bytes, bytes]]:
-        """One poll (paused partitions give nothing; a paused worker still polls, without waiting, so the
-        group keeps it and partitions assigned meanwhile are read). A poll that raises (a record batch the consumer cannot decode, say) is not one
+        """One poll of the unpaused partitions (a paused worker still reads, without waiting, partitions
+        assigned to it meanwhile). A poll that raises (a record batch the consumer cannot decode, say) is not one
         record's fault and no answer can be given for it: it is logged, counted and reported by /readyz,
         and polling goes on with a growing pause, never a crash loop."""
         k = self.settings.kafka

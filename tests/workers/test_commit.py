@@ -61,3 +61,20 @@ def test_random_completion_orders_never_commit_past_an_unanswered_offset() -> No
             for partition, point in tracker.to_commit().items():
                 assert all((partition, below) in answered for below in range(point))
                 assert point == len(offsets[partition]) or (partition, point) not in answered
+
+
+def test_the_running_unanswered_count_matches_the_partitions() -> None:
+    """unanswered_count() is kept as a running total (it is read on every answer): repeats, late answers
+    and forgotten partitions must not move it away from the per-partition sets."""
+    rng = random.Random(7)
+    tracker: OffsetTracker[str] = OffsetTracker()
+    for _ in range(3000):
+        partition, offset = rng.choice(["p0", "p1", "p2"]), rng.randrange(40)
+        step = rng.random()
+        if step < 0.5:
+            tracker.polled(partition, offset)  # a redelivery polls an offset twice
+        elif step < 0.97:
+            tracker.answered(partition, offset)  # answers for offsets never polled or already answered too
+        else:
+            tracker.forget([partition])
+        assert tracker.unanswered_count() == tracker.unanswered_count(["p0", "p1", "p2"])
