@@ -55,6 +55,7 @@ from workers.settings import GuardSettings, LimitSettings, WorkerSettings
 log = structlog.get_logger("guardstream.worker")
 
 POLL_BACKOFF_MAX_S = 30.0
+INLINE_DECODE_BYTES = 128 * 1024  # a poll this small is decoded on the loop (a few ms at worst); larger, on a thread
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -347,8 +348,11 @@ class Worker:
 
     async def _admit_bound(self, records: list[ConsumerRecord[bytes, bytes]], served: ServedModel) -> None:
         limits = self.settings.limits
-        loop = asyncio.get_running_loop()
-        decoded = await loop.run_in_executor(self._event_decoder, decode_all, [r.value for r in records], limits)
+        values = [r.value for r in records]
+        if sum(len(v) for v in values if v) <= INLINE_DECODE_BYTES:  # a thread's hand-off costs more than this
+            decoded = decode_all(values, limits)
+        else:
+            decoded = await asyncio.get_running_loop().run_in_executor(self._event_decoder, decode_all, values, limits)
         started = time.monotonic()
         answers: list[Answer] = []
         keyed: list[Pending] = []

@@ -19,13 +19,15 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.events import DeadLetter, ModelRef, SourceRef, Verdict
 from tests.factories import event
 from tests.kafka_io import read_topic
 from tests.waiting import wait_until
+from topics.admin import create_topics
 from topics.local_broker import LocalBroker
-from topics.registry import TopicNames
+from topics.registry import TopicNames, topic_specs
 from workers.emit import ProduceFailure, Publisher, classify, dead_letter, error_verdict
 from workers.errors import ImageNotFound
 from workers.metrics import WorkerMetrics
@@ -122,4 +124,48 @@ async def test_a_record_too_large_is_sent_again_smaller_with_a_marker(broker: Lo
         sent = DeadLetter.model_validate_json(record.value)
         assert (sent.raw_value_b64, sent.raw_value_truncated, sent.raw_value_bytes) == ("", True, 30)
         assert (sent.reason, sent.source) == (letter.reason, letter.source)
+    assert publisher.stalled == 0
+
+
+class BatchRefusingProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """A real producer whose first record batch is refused by "the broker" (its delivery fails)."""
+
+    def __init__(self, refusal: KafkaError, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.refusal: KafkaError | None = refusal
+
+    async def send_batch(self, batch: object, topic: str, *, partition: int) -> asyncio.Future[object]:
+        if self.refusal is None:
+            return await super().send_batch(batch, topic, partition=partition)
+        failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        failed.set_exception(self.refusal)
+        self.refusal = None
+        return failed
+
+
+@pytest.mark.parametrize("refusal", [None, NotLeaderForPartitionError(), MessageSizeTooLargeError()],
+                         ids=["accepted", "batch-refused", "batch-too-large"])
+async def test_answers_published_together_keep_their_keys_partition_and_arrive_once(
+    broker: LocalBroker, refusal: KafkaError | None
+) -> None:
+    """publish_many builds one record batch per partition itself: each answer must land where a keyed send
+    would put it, and a refused batch is sent again record by record, none lost, none twice, and none made
+    smaller for a neighbour's sake."""
+    names = TopicNames(f"p-{uuid.uuid4().hex[:8]}.")
+    await create_topics(broker.bootstrap_servers, topic_specs(names, partitions=4))
+    producer = BatchRefusingProducer(refusal, bootstrap_servers=broker.bootstrap_servers, acks="all")
+    await producer.start()
+    publisher = Publisher(producer, names, KafkaSettings(produce_backoff_max_s=0.2), WorkerMetrics())
+    verdicts = [error_verdict(event(f"hello {i}"), ImageNotFound("gone"), ModelRef(name="m", version="1"), "1", {})
+                .model_copy(update={"reasoning": "r" * 1_500}) for i in range(40)]
+    keys = [f"conversation-{i % 13}".encode() for i in range(40)]
+    errors = await publisher.publish_many([(key, v, None) for key, v in zip(keys, verdicts, strict=True)])
+    await producer.stop()
+    assert errors == [None] * 40
+    records = await read_topic(broker.bootstrap_servers, names.verdicts, 40, settle_s=0.5)
+    where = {Verdict.model_validate_json(r.value).event_id: (r.key, r.partition) for r in records}
+    assert len(records) == 40 and len(where) == 40
+    for key, verdict in zip(keys, verdicts, strict=True):
+        assert where[verdict.event_id] == (key, DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3]))
+    assert all(len(Verdict.model_validate_json(r.value).reasoning) == 1_500 for r in records)
     assert publisher.stalled == 0
