@@ -104,3 +104,37 @@ async def test_a_blocked_default_thread_pool_does_not_stop_the_lite_guard(lite_g
     finally:
         unblock.set()
         await asyncio.gather(*blockers)
+
+
+def test_the_packed_forward_embeds_as_sentence_transformers_does(lite_guard: LiteGuard) -> None:
+    import numpy as np
+
+    from workers.guard.lite import PackedMiniLM, embed
+
+    assert isinstance(lite_guard.embed, PackedMiniLM)  # the serving path, not encode()
+    packed = PackedMiniLM(lite_guard.embedder)
+    long = "The process has several stages, and each one matters for the result. " * 40  # over 256 tokens: cut
+    batches = {
+        "chat-length, ragged": [*HARMFUL, *BENIGN, "hi"],
+        "long and short (the fused attention kernel)": [BENIGN[0], long, long[:700]],
+        "one length": [BENIGN[0], BENIGN[0]],
+        "one text": [HARMFUL[0]],
+    }
+    for name, texts in batches.items():
+        got, want = packed(texts), embed(lite_guard.embedder, texts)
+        assert got.shape == want.shape and got.dtype == np.float32, name
+        assert np.abs(got - want).max() < 1e-5, name
+    assert packed([]).shape == (0, 384)
+
+
+def test_an_embedder_the_packed_forward_does_not_know_is_run_by_encode(lite_guard: LiteGuard) -> None:
+    from workers.guard.lite import PackedMiniLM
+
+    class Encoder:
+        def encode(self, texts: list[str], **_: object) -> list[list[float]]:
+            return [[1.0] + [0.0] * 383 for _ in texts]
+
+    assert PackedMiniLM.of(Encoder()) is None
+    guard = LiteGuard(lite_guard.model, Encoder(), lite_guard.nsfw, lite_guard.thresholds)
+    [result] = guard.moderate_sync([GuardRequest(BENIGN[0])])
+    assert result.request_score is not None and 0 <= result.request_score <= 1
