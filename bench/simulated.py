@@ -1,6 +1,8 @@
 """A guard backend that stands in for an accelerator: each batch costs `fixed_ms + per_item_ms · n` of
-device time, one batch at a time (the device is one thread that sleeps), and every item is answered
-"unharmful". With both costs 0 it answers at once, on the event loop: the zero-cost backend, which
+device time, one batch at a time, and every item is answered "unharmful". The device is one thread that
+sleeps (as the transformers backend's generate() runs on a thread of its own), or with `on_loop`, a lock
+and a sleep on the event loop: then a batch starts only when the loop gets round to it, and a busy loop
+leaves the device idle between batches. With both costs 0 it answers at once, on the event loop: the zero-cost backend, which
 measures the pipeline alone.
 
 It records the device's busy spans, so a benchmark can set the batcher's timeline against the time the
@@ -28,11 +30,13 @@ class Span:
 class SimulatedAccelerator:
     fixed_ms: float = 0.0
     per_item_ms: float = 0.0
+    on_loop: bool = False
     name: str = "simulated"
     spans: list[Span] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._device = ThreadPoolExecutor(1, thread_name_prefix="simulated-device")
+        self._busy = asyncio.Lock()
 
     @property
     def zero_cost(self) -> bool:
@@ -57,6 +61,11 @@ class SimulatedAccelerator:
         if self.zero_cost:
             now = time.monotonic()
             self.spans.append(Span(now, now, len(requests)))
+        elif self.on_loop:
+            async with self._busy:
+                start = time.monotonic()
+                await asyncio.sleep(self.batch_seconds(len(requests)))
+                self.spans.append(Span(start, time.monotonic(), len(requests)))
         else:
             self.spans.append(await asyncio.get_running_loop().run_in_executor(self._device, self._work, len(requests)))
         return [GuardResult(request_harmful=False, response_harmful=None if r.response is None else False,

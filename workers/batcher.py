@@ -3,7 +3,12 @@ whichever comes first; at most `max_batches_in_flight` batches run at once, and 
 meanwhile. A slot is free again the moment its batch ends, and the next batch is already forming while
 the others run. With `dispatch_when_idle`, a forming batch also closes the moment no batch is running
 (at once, if none is): the wait is for company while the device is busy, and an idle device gains
-nothing from it. Under load a batch is always running, so batches still fill. For a backend that batches on its own (vLLM's engine, a server), the worker reshapes it
+nothing from it. Under load a batch is always running, so batches still fill.
+
+Items queue in lanes (the worker's lane is the record's partition) and batches take them round-robin
+across lanes, first in first out within one: a partition whose records were admitted first (aiokafka
+hands out one partition's prefetched records before it even fetches the others') cannot hold the device
+while the others' records wait behind it. For a backend that batches on its own (vLLM's engine, a server), the worker reshapes it
 to batches of one and as many slots as that backend takes requests at once. The queue is bounded by the worker, which pauses its partitions above `max_in_flight_events`:
 input waits in Kafka, never in memory without limit, and nothing is dropped.
 """
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -39,7 +44,8 @@ class MicroBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_ms / 1000
         self._max_in_flight = max_batches_in_flight
         self._slot_freed = asyncio.Event()
-        self._queue: deque[tuple[T, asyncio.Future[R] | None]] = deque()
+        self._lanes: dict[Hashable, deque[tuple[T, asyncio.Future[R] | None]]] = {}  # served round-robin
+        self._queued = 0
         self._wake = asyncio.Event()  # an item was queued, or (dispatch_when_idle) the last batch ended
         self._running: dict[asyncio.Task[None], Batch[T, R]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -47,7 +53,7 @@ class MicroBatcher(Generic[T, R]):
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     def reshape(self, max_batch: int, max_wait_ms: int, max_batches_in_flight: int) -> None:
         """New limits, from the next batch on (batches running keep their slots)."""
@@ -57,22 +63,33 @@ class MicroBatcher(Generic[T, R]):
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._collect_forever(), name="micro-batcher")
 
-    async def submit(self, item: T) -> R:
+    async def submit(self, item: T, lane: Hashable = None) -> R:
         """Queue `item` and wait for its result."""
-        if self._closed:
-            raise BatcherClosed("the batcher is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        self._wake.set()
+        self._push(lane, (item, future))
         return await future
 
-    def put(self, item: T) -> None:
+    def put(self, item: T, lane: Hashable = None) -> None:
         """Queue `item` without waiting: the batch function answers it (its result is not kept), and an
         item that close() drops is nobody's to fail."""
+        self._push(lane, (item, None))
+
+    def _push(self, lane: Hashable, entry: tuple[T, asyncio.Future[R] | None]) -> None:
         if self._closed:
             raise BatcherClosed("the batcher is closed")
-        self._queue.append((item, None))
+        self._lanes.setdefault(lane, deque()).append(entry)
+        self._queued += 1
         self._wake.set()
+
+    def _pop(self) -> tuple[T, asyncio.Future[R] | None]:
+        """The oldest item of the lane whose turn it is; that lane goes to the back of the turn."""
+        lane, waiting = next(iter(self._lanes.items()))
+        entry = waiting.popleft()
+        del self._lanes[lane]
+        if waiting:
+            self._lanes[lane] = waiting
+        self._queued -= 1
+        return entry
 
     async def close(self, timeout_s: float = 0.0) -> None:
         """Stop collecting and fail the queued items at once; batches already running get `timeout_s` to
@@ -82,8 +99,10 @@ class MicroBatcher(Generic[T, R]):
         if self._loop_task:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        _fail(list(self._queue), BatcherClosed("the batcher closed before this item ran"))
-        self._queue.clear()
+        _fail([entry for waiting in self._lanes.values() for entry in waiting],
+              BatcherClosed("the batcher closed before this item ran"))
+        self._lanes.clear()
+        self._queued = 0
         if not self._running:
             return
         _, late = await asyncio.wait(set(self._running), timeout=timeout_s)
@@ -93,10 +112,10 @@ class MicroBatcher(Generic[T, R]):
 
     async def _collect_forever(self) -> None:
         while True:
-            while not self._queue:
+            while not self._queued:
                 self._wake.clear()
                 await self._wake.wait()
-            batch = [self._queue.popleft()]
+            batch = [self._pop()]
             try:
                 await self._fill(batch)
                 while len(self._running) >= self._max_in_flight:
@@ -121,8 +140,8 @@ class MicroBatcher(Generic[T, R]):
         swallow a cancel that races a finished wait, and close() would hang.)"""
         deadline = asyncio.get_running_loop().time() + self._max_wait_s
         while len(batch) < self._max_batch:
-            if self._queue:
-                batch.append(self._queue.popleft())
+            if self._queued:
+                batch.append(self._pop())
                 continue
             if self._dispatch_when_idle and not self._running:
                 return

@@ -433,7 +433,7 @@ class Worker:
             return
         self._inflight[pending.key] = [pending]
         request = GuardRequest(text=pending.event.text, images=pending.images, response=pending.event.response)
-        self.batcher.put((pending.served, pending.key, request))
+        self.batcher.put((pending.served, pending.key, request), lane=pending.record.partition)
 
     async def _run_batch(self, items: list[tuple[ServedModel, str, GuardRequest]]) -> list[GuardOutcome]:
         """Run each model's items on that model (a batch spans two only around a switch), then hand the

@@ -88,6 +88,19 @@ async def test_a_forming_batch_closes_when_the_running_one_ends() -> None:
     await batcher.close()
 
 
+async def test_batches_take_lanes_in_turn_and_each_lane_in_order() -> None:
+    """A lane (a partition) whose items were queued first does not hold the batches while another waits."""
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_batch=4, max_wait_ms=10_000, max_batches_in_flight=1)
+    waiting = [asyncio.create_task(batcher.submit(i, lane="a")) for i in range(6)]
+    waiting += [asyncio.create_task(batcher.submit(i, lane="b")) for i in (100, 101)]
+    await wait_until(lambda: batcher.queued == 8, timeout_s=LIMIT_S, what="all queued")
+    batcher.start()
+    assert await asyncio.wait_for(asyncio.gather(*waiting), LIMIT_S) == [i * 10 for i in [*range(6), 100, 101]]
+    assert recorder.batches == [[0, 100, 1, 101], [2, 3, 4, 5]]
+    await batcher.close()
+
+
 async def test_a_failing_batch_fails_each_of_its_items_and_the_batcher_goes_on() -> None:
     calls = 0
 
