@@ -64,7 +64,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.worker.commit(revoked)
-        self.worker.tracker.forget(revoked)
+        self.worker.forget(revoked)
         log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -361,13 +361,13 @@ class Worker:
                 answers.append(Answer(record, None, self._letter(record, event, None)))
                 continue
             pending = Pending(record, event, served, started)
+            served.users += 1  # released when the event is answered
             try:
                 check_limits(event, limits)
                 pending.key = self._early_key(event, served)
             except Exception as exc:
                 answers.append(self._failed(pending, exc))
                 continue
-            served.users += 1  # released when the event is answered
             if pending.key is None:  # its images decide its key: fetched on its own task
                 self._spawn(self._fetch_then_guard(pending), [record])
             else:
@@ -581,6 +581,12 @@ class Worker:
         self.tracker.committed(points)
         self.metrics.commits.inc()
         log.debug("committed", offsets={str(tp): off for tp, off in points.items()})
+
+    def forget(self, revoked: set[TopicPartition]) -> None:
+        """Revoked partitions are no longer ours to answer or commit (their late answers are ignored)."""
+        self.tracker.forget(revoked)
+        if not self.tracker.unanswered_count():
+            self._all_answered.set()
 
     def _answered(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.tracker.answered(TopicPartition(record.topic, record.partition), record.offset)

@@ -8,7 +8,8 @@ from schemas.events import VerdictStatus
 from tests.conftest import S3, running_worker, verdicts_covering, verdicts_for
 from tests.factories import BENIGN, HARMFUL, event, image_ref, png
 from tests.kafka_io import QUIET_S
-from topics.io import produce_events
+from tests.waiting import wait_until
+from topics.io import produce_events, produce_raw
 from workers.settings import WorkerSettings
 
 
@@ -69,3 +70,17 @@ async def test_identical_events_in_flight_share_one_inference(settings: WorkerSe
     hits = registry.get_sample_value("guardstream_cache_hits_total")
     assert registry.get_sample_value("guardstream_batch_size_sum") == 1  # one inference for six events
     assert shared + hits == len(same) - 1
+
+
+async def test_every_answer_releases_its_hold_on_the_model_once(settings: WorkerSettings, lite_guard) -> None:
+    """A replaced model is closed only once no event bound to it is unanswered, so every answer (a verdict,
+    a cache hit, an event over a limit, a record that is not an event) must release its hold exactly once."""
+    settings.limits.max_text_chars = 60
+    events = [event("Tell me a fun fact about octopuses."), event("x" * 80), event("Tell me a fun fact about octopuses.")]
+    topic = f"{settings.kafka.topic_prefix}chat.events"
+    await produce_events(settings.kafka.bootstrap_servers, topic, events)
+    await produce_raw(settings.kafka.bootstrap_servers, topic, [(b"k", b"not json")])
+    async with running_worker(settings, lite_guard) as worker:
+        await verdicts_for(settings, len(events))
+        await wait_until(lambda: worker.tracker.unanswered_count() == 0, what="every record is answered")
+        assert worker.served.users == 0
