@@ -29,8 +29,6 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     UnknownTopicOrPartitionError,
 )
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import BaseModel
 
 from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, Verdict, VerdictStatus
@@ -48,8 +46,6 @@ M = TypeVar("M", bound=BaseModel)
 STALL_AFTER_ATTEMPTS = 3  # transient failures in a row after which an answer counts as stalled
 SHRUNK_REASONING_CHARS = 1_000
 SHRUNK_MESSAGE_CHARS = 500
-BATCHED_RECORD_BYTES = 65_536  # larger answers (dead letters with raw values) are sent alone, size-checked
-_PARTITIONER = DefaultPartitioner()  # what the producer uses for a keyed send: answers keep their key's partition
 
 
 def cut(text: str, limit: int) -> str:
@@ -166,12 +162,13 @@ class Publisher:
 
     async def publish_many(self, answers: list[tuple[bytes | None, Verdict | None, DeadLetter | None]]
                            ) -> list[Exception | None]:
-        """`publish` for many answers at once: every dead letter is sent, then awaited, then every verdict.
-        Records are appended to one record batch per partition (partitioned by key, as the producer's
-        default partitioner would) and each batch is acknowledged once, instead of a send() and a wait per
-        record. A large record, and every record of a batch the broker refuses, go the one-by-one way
-        (`_deliver`: retried, shrunk, reported); a record that cannot even be built fails its own answer
-        only. Returns each answer's error, or None."""
+        """`publish` for many answers at once: every dead letter is handed to the producer, then awaited,
+        then every verdict; they share produce requests instead of each waiting for its own round trip.
+        A record the producer or the broker refuses goes the one-by-one way (`_deliver`: retried, shrunk,
+        reported), and a record that cannot even be built fails its own answer only: each answer's error,
+        or None. (Not send_batch with batches built here: aiokafka lets one batch per partition wait in its
+        accumulator, and its wait for room shrinks its timeout by the total time waited at every turn, so
+        many finished batches answering at once ran out of time and failed: KafkaTimeoutError.)"""
         errors: list[Exception | None] = [None] * len(answers)
         with self.metrics.stage_seconds.labels("emit").time():
             letters = [(i, letter) for i, (_, _, letter) in enumerate(answers) if letter is not None]
@@ -183,39 +180,24 @@ class Publisher:
     async def _deliver_many(self, topic: str, records: list[tuple[int, M]],
                             answers: list[tuple[bytes | None, Verdict | None, DeadLetter | None]],
                             errors: list[Exception | None], shrink: Callable[[M], M]) -> None:
-        alone: list[tuple[int, M, KafkaError | None]] = []  # sent one by one
-        batches: dict[int, list[tuple[BatchBuilder, list[tuple[int, M]]]]] = {}
-        partitions = sorted(await self.producer.partitions_for(topic)) if records else []
+        sent: list[tuple[int, M, asyncio.Future[object]]] = []
+        refused: list[tuple[int, M, KafkaError]] = []
         for i, record in records:
-            key = answers[i][0]
             try:
-                value = record.model_dump_json().encode()
+                sent.append((i, record, await self.producer.send(topic, record.model_dump_json().encode(),
+                                                                 key=answers[i][0])))
+            except KafkaError as exc:
+                refused.append((i, record, exc))
             except Exception as exc:
                 errors[i] = exc
-                continue
-            if len(value) > BATCHED_RECORD_BYTES:
-                alone.append((i, record, None))
-                continue
-            open_batches = batches.setdefault(_PARTITIONER(key, partitions, partitions), [])
-            if not open_batches or open_batches[-1][0].append(key=key, value=value, timestamp=None) is None:
-                builder = self.producer.create_batch()
-                builder.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
-                open_batches.append((builder, []))
-            open_batches[-1][1].append((i, record))
-        sent = []
-        for partition, built in batches.items():
-            for builder, members in built:
-                builder.close()
-                sent.append((await self.producer.send_batch(builder, topic, partition=partition), members))
-        for delivery, members in sent:
+        for i, record, delivery in sent:
             try:
                 await delivery
-            except KafkaError as exc:  # the batch's own refusal is each record's only when it was alone in it
-                self.metrics.produce_retries.labels(classify(exc).value, type(exc).__name__).inc()
-                alone.extend((i, record, exc if len(members) == 1 else None) for i, record in members)
-        for i, record, refusal in alone:  # rare: one by one, until the broker takes it
+            except KafkaError as exc:
+                refused.append((i, record, exc))
+        for i, record, exc in refused:  # rare: one by one, until the broker takes it
             try:
-                await self._deliver(topic, record, answers[i][0], shrink, refusal)
+                await self._deliver(topic, record, answers[i][0], shrink, exc)
             except Exception as exc:
                 errors[i] = exc
 

@@ -28,7 +28,7 @@ from tests.waiting import wait_until
 from topics.admin import create_topics
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
-from workers.emit import ProduceFailure, Publisher, classify, dead_letter, error_verdict
+from workers.emit import ProduceFailure, Publisher, classify, cut, dead_letter, error_verdict
 from workers.errors import ImageNotFound
 from workers.metrics import WorkerMetrics
 from workers.settings import KafkaSettings, LimitSettings
@@ -127,45 +127,68 @@ async def test_a_record_too_large_is_sent_again_smaller_with_a_marker(broker: Lo
     assert publisher.stalled == 0
 
 
-class BatchRefusingProducer(AIOKafkaProducer):  # type: ignore[misc]
-    """A real producer whose first record batch is refused by "the broker" (its delivery fails)."""
+class FirstSendRefused(AIOKafkaProducer):  # type: ignore[misc]
+    """A real producer whose first send's delivery is refused by "the broker"."""
 
-    def __init__(self, refusal: KafkaError, **kwargs: object) -> None:
+    def __init__(self, refusal: KafkaError | None, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self.refusal: KafkaError | None = refusal
+        self.refusal = refusal
 
-    async def send_batch(self, batch: object, topic: str, *, partition: int) -> asyncio.Future[object]:
+    async def send(self, topic: str, *args: object, **kwargs: object) -> asyncio.Future[object]:
         if self.refusal is None:
-            return await super().send_batch(batch, topic, partition=partition)
+            return await super().send(topic, *args, **kwargs)
         failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         failed.set_exception(self.refusal)
         self.refusal = None
         return failed
 
 
+def hello_verdicts(count: int, tag: str = "") -> list[Verdict]:
+    return [error_verdict(event(f"hello {tag}{i}"), ImageNotFound("gone"), ModelRef(name="m", version="1"), "1", {})
+            .model_copy(update={"reasoning": "r" * 1_500}) for i in range(count)]
+
+
 @pytest.mark.parametrize("refusal", [None, NotLeaderForPartitionError(), MessageSizeTooLargeError()],
-                         ids=["accepted", "batch-refused", "batch-too-large"])
+                         ids=["accepted", "refused", "too-large"])
 async def test_answers_published_together_keep_their_keys_partition_and_arrive_once(
     broker: LocalBroker, refusal: KafkaError | None
 ) -> None:
-    """publish_many builds one record batch per partition itself: each answer must land where a keyed send
-    would put it, and a refused batch is sent again record by record, none lost, none twice, and none made
-    smaller for a neighbour's sake."""
+    """publish_many hands every answer to the producer before it waits for any: each lands where its key
+    puts it, a refused one is sent again on its own, none is lost or sent twice, and only the one refused
+    as too large is made smaller."""
     names = TopicNames(f"p-{uuid.uuid4().hex[:8]}.")
     await create_topics(broker.bootstrap_servers, topic_specs(names, partitions=4))
-    producer = BatchRefusingProducer(refusal, bootstrap_servers=broker.bootstrap_servers, acks="all")
+    producer = FirstSendRefused(refusal, bootstrap_servers=broker.bootstrap_servers, acks="all")
     await producer.start()
     publisher = Publisher(producer, names, KafkaSettings(produce_backoff_max_s=0.2), WorkerMetrics())
-    verdicts = [error_verdict(event(f"hello {i}"), ImageNotFound("gone"), ModelRef(name="m", version="1"), "1", {})
-                .model_copy(update={"reasoning": "r" * 1_500}) for i in range(40)]
+    verdicts = hello_verdicts(40)
     keys = [f"conversation-{i % 13}".encode() for i in range(40)]
     errors = await publisher.publish_many([(key, v, None) for key, v in zip(keys, verdicts, strict=True)])
     await producer.stop()
     assert errors == [None] * 40
     records = await read_topic(broker.bootstrap_servers, names.verdicts, 40, settle_s=0.5)
-    where = {Verdict.model_validate_json(r.value).event_id: (r.key, r.partition) for r in records}
-    assert len(records) == 40 and len(where) == 40
-    for key, verdict in zip(keys, verdicts, strict=True):
-        assert where[verdict.event_id] == (key, DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3]))
-    assert all(len(Verdict.model_validate_json(r.value).reasoning) == 1_500 for r in records)
+    sent = {Verdict.model_validate_json(r.value).event_id: (r.key, r.partition, r.value) for r in records}
+    assert len(records) == 40 and len(sent) == 40
+    for n, (key, verdict) in enumerate(zip(keys, verdicts, strict=True)):
+        got_key, partition, value = sent[verdict.event_id]
+        assert (got_key, partition) == (key, DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3]))
+        shrunk = n == 0 and isinstance(refusal, MessageSizeTooLargeError)  # the first sent is the one refused
+        assert Verdict.model_validate_json(value).reasoning == (cut("r" * 1_500, 1_000) if shrunk else "r" * 1_500)
     assert publisher.stalled == 0
+
+
+async def test_many_groups_answering_at_once_are_all_delivered(broker: LocalBroker) -> None:
+    """Hundreds of finished batches answer at the same moment (a zero-cost backend does this): every answer
+    is taken, none times out waiting for the producer."""
+    names = TopicNames(f"p-{uuid.uuid4().hex[:8]}.")
+    await create_topics(broker.bootstrap_servers, topic_specs(names, partitions=4))
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all", request_timeout_ms=5_000)
+    await producer.start()
+    publisher = Publisher(producer, names, KafkaSettings(produce_backoff_max_s=0.2), WorkerMetrics())
+    groups = [hello_verdicts(8, f"g{g}-") for g in range(300)]
+    results = await asyncio.gather(*(publisher.publish_many([(f"c{i}".encode(), v, None) for i, v in enumerate(group)])
+                                     for group in groups))
+    await producer.stop()
+    assert all(errors == [None] * 8 for errors in results)
+    assert publisher.stalled == 0
+    assert len(await read_topic(broker.bootstrap_servers, names.verdicts, 2_400, timeout_s=60, settle_s=0.5)) == 2_400
