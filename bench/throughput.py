@@ -321,7 +321,7 @@ async def profiled(awaitable: Awaitable[None], path: Path) -> None:
     finally:
         profiler.disable()
     text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text)
+    stats = pstats.Stats(profiler, stream=text).strip_dirs()  # file names only: no machine's paths
     stats.sort_stats("tottime").print_stats(30)
     stats.sort_stats("cumulative").print_stats(30)
     path.write_text(text.getvalue())
@@ -457,6 +457,9 @@ def plot(result: dict[str, Any], timeline: list[Span], path: Path) -> None:
     for i, r in enumerate(runs):
         ps = sorted(r["partitions"], key=int)
         parts.bar([int(p) + i * width for p in ps], [r["partitions"][p]["p99_s"] for p in ps], width, label=r["name"])
+    if runs:
+        ps = sorted(runs[0]["partitions"], key=int)
+        parts.set_xticks([int(p) + width * (len(runs) - 1) / 2 for p in ps], ps)
     parts.set_xlabel("partition")
     parts.set_ylabel("p99 s since backlog start")
     parts.legend(fontsize=7)
