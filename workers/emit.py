@@ -216,11 +216,12 @@ class Publisher:
                         refused = exc
                 attempt += 1
                 failure = classify(refused)
-                self.metrics.produce_retries.labels(failure.value, type(refused).__name__).inc()
-                error, refused = f"{type(refused).__name__}: {refused}", None
+                error_type = type(refused).__name__
+                self.metrics.produce_retries.labels(failure.value, error_type).inc()
+                error, refused = f"{error_type}: {refused}", None
                 if failure is ProduceFailure.TOO_LARGE and not shrunk:
                     record, shrunk = shrink(record), True
-                    log.warning("produce_shrunk", topic=topic, error=error.partition(":")[0])
+                    log.warning("produce_shrunk", topic=topic, error=error_type)
                     continue
                 if not stalled and (failure is not ProduceFailure.TRANSIENT or attempt >= STALL_AFTER_ATTEMPTS):
                     stalled = True

@@ -305,10 +305,9 @@ class Worker:
         records = await self._poll(0 if self._paused else k.poll_timeout_ms)
         for record in records:
             self.tracker.polled(TopicPartition(record.topic, record.partition), record.offset)
-        if records:
-            self._all_answered.clear()
         self.metrics.events_in.inc(len(records))
         if records:
+            self._all_answered.clear()
             await self._admit(records)
         self._apply_backpressure()
         if time.monotonic() - self._last_commit >= k.commit_interval_ms / 1000:
@@ -355,7 +354,7 @@ class Worker:
             decoded = await asyncio.get_running_loop().run_in_executor(self._event_decoder, decode_all, values, limits)
         started = time.monotonic()
         answers: list[Answer] = []
-        keyed: list[Pending] = []
+        keyed: list[tuple[Pending, str]] = []  # their content key is known before any fetch
         for record, event in zip(records, decoded, strict=True):
             if isinstance(event, GuardstreamError):  # nothing to answer but the dead letter
                 answers.append(Answer(record, None, self._letter(record, event, None)))
@@ -371,11 +370,11 @@ class Worker:
             if pending.key is None:  # its images decide its key: fetched on its own task
                 self._spawn(self._fetch_then_guard(pending), [record])
             else:
-                keyed.append(pending)
-        hits = await self._lookup([p.key for p in keyed if p.key], served)
+                keyed.append((pending, pending.key))
+        hits = await self._lookup([key for _, key in keyed], served)
         cache_ms = _ms_since(started)
-        for pending in keyed:
-            hit = hits.get(pending.key) if pending.key else None
+        for pending, key in keyed:
+            hit = hits.get(key)
             if hit is not None:
                 pending.timings["cache_ms"] = cache_ms
                 answers.append(self._ok(pending, hit, cache_hit=True))
@@ -438,19 +437,20 @@ class Worker:
     async def _run_batch(self, items: list[tuple[ServedModel, str, GuardRequest]]) -> list[GuardOutcome]:
         """Run each model's items on that model (a batch spans two only around a switch), then hand the
         outcomes to a task that stores and answers them, so the device's slot is free at once."""
-        outcomes: list[GuardOutcome] = []
+        outcomes: list[GuardOutcome | None] = [None] * len(items)  # in the items' order, whatever the models
         for served in dict.fromkeys(s for s, _, _ in items):
-            mine = [(key, request) for s, key, request in items if s is served]
+            mine = [i for i, (s, _, _) in enumerate(items) if s is served]
             try:
-                results = await served.stage.run([request for _, request in mine])
+                results = await served.stage.run([items[i][2] for i in mine])
             except Exception as exc:  # the stage answers backend failures itself; anything else is a bug
                 log.exception("guard_stage_failed_unexpectedly", items=len(mine))
                 results = [InternalError(f"the guard stage failed: {type(exc).__name__}: {exc}")] * len(mine)
-            outcomes.extend(results)
-            done = {key: outcome for (key, _), outcome in zip(mine, results, strict=True)}
+            for i, outcome in zip(mine, results, strict=True):
+                outcomes[i] = outcome
+            done = {items[i][1]: outcome for i, outcome in zip(mine, results, strict=True)}
             owned: list[ConsumerRecord[bytes, bytes]] = [p.record for key in done for p in self._inflight.get(key, [])]
             self._spawn(self._finish(served, done), owned)
-        return outcomes
+        return outcomes  # type: ignore[return-value]
 
     async def _finish(self, served: ServedModel, done: dict[str, GuardOutcome]) -> None:
         """Store a batch's results, then answer every event that waited on them (those that joined while
