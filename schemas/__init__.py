@@ -10,6 +10,7 @@ from schemas.events import (
     ModelRef,
     ModelRelease,
     SourceRef,
+    StageVerdict,
     Verdict,
     VerdictStatus,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "ModelRef",
     "ModelRelease",
     "SourceRef",
+    "StageVerdict",
     "Verdict",
     "VerdictStatus",
 ]

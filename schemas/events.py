@@ -93,6 +93,18 @@ class SourceRef(BaseModel):
     key: str | None = None
 
 
+class StageVerdict(BaseModel):
+    """What one stage of a multi-stage guard (a cascade) answered: its labels and scores."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    request_harmful: bool
+    response_harmful: bool | None = None
+    request_score: float | None = None
+    response_score: float | None = None
+
+
 class Verdict(WireModel):
     """The answer to one ChatEvent: labels, the reasoning behind them, and how it was reached."""
 
@@ -110,6 +122,10 @@ class Verdict(WireModel):
     content_key: str | None = None
     cache_hit: bool = False
     decided_by: str | None = None
+    stages: list[StageVerdict] = Field(default_factory=list,
+                                       description="the stages that judged the event, in order, when more than one "
+                                       "did (a cascade's lite stage, then the reasoning stage that decided); empty "
+                                       "when a single stage decided")
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)

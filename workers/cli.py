@@ -6,6 +6,7 @@ import asyncio
 
 import typer
 
+from console.cli import app as console_app
 from schemas.cli import app as schemas_app
 from topics.cli import app as topics_app
 from topics.cli import produce, tail
@@ -19,6 +20,7 @@ app = typer.Typer(help="guardstream: streaming moderation with a reasoning guard
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")
+app.add_typer(console_app, name="console")
 app.command("produce")(produce)
 app.command("tail")(tail)
 app.command("trainer")(trainer_command)
@@ -44,6 +46,9 @@ def demo(
     show: int = typer.Option(24, help="how many verdicts to print in the table"),
     loop: bool = typer.Option(False, "--loop", help="then label the traffic, retrain, release, and judge the "
                               "samples again with the new model"),
+    console: bool = typer.Option(False, "--console", help="then open the audit console on the demo's verdicts "
+                                 "and leave it running (it prints the address and a sign-in token)"),
+    console_port: int = typer.Option(8080, help="the console's loopback port (0: any free port)"),
 ) -> None:
     """Run everything locally: broker, cache, images, topics, sample events, a worker; print the verdicts."""
     if loop:
@@ -53,7 +58,7 @@ def demo(
         return
     from workers.demo import run_demo
 
-    asyncio.run(run_demo(events, show))
+    asyncio.run(run_demo(events, show, console_port if console else None))
 
 
 def main() -> None:

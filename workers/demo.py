@@ -129,7 +129,8 @@ async def demo_stack(console: Console) -> AsyncIterator[DemoStack]:
             await runner
 
 
-async def run_demo(count: int, show: int) -> None:
+async def run_demo(count: int, show: int, console_port: int | None = None) -> None:
+    """The demo; with `console_port`, then the audit console on that port until interrupted."""
     configure_logging("console", "warning")
     console = Console(width=max(Console().width, 130))
     async with demo_stack(console) as stack:
@@ -148,8 +149,13 @@ async def run_demo(count: int, show: int) -> None:
                 await produce_events(servers, stack.topics.events, wave.events)
                 await wait_for(collected, {e.event_id for e in wave.events}, progress, f"wave {wave.name}")
                 wave.seconds = time.monotonic() - started
-    print_verdicts(console, collected, samples, pick_rows(waves, show))
-    print_summary(console, collected, waves, stack.metrics)
+        print_verdicts(console, collected, samples, pick_rows(waves, show))
+        print_summary(console, collected, waves, stack.metrics)
+        if console_port is not None:
+            from console.demo import serve_console
+
+            await serve_console(console, stack.settings.kafka, stack.folder, stack.settings.fetch, console_port,
+                                len(collected.verdicts))
 
 
 def pick_rows(waves: list[Wave], show: int) -> list[str]:

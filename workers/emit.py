@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
+from dataclasses import asdict
 from enum import StrEnum
 from typing import TypeVar
 
@@ -31,7 +32,7 @@ from aiokafka.errors import (
 )
 from pydantic import BaseModel
 
-from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, Verdict, VerdictStatus
+from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, StageVerdict, Verdict, VerdictStatus
 from topics.registry import TopicNames
 from workers.backoff import backoff_s
 from workers.errors import GuardstreamError
@@ -76,6 +77,7 @@ def ok_verdict(
         content_key=key,
         cache_hit=cache_hit,
         decided_by=result.decided_by,
+        stages=[StageVerdict(**asdict(stage)) for stage in result.stages],
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         timings_ms=timings_ms,

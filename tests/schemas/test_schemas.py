@@ -7,7 +7,16 @@ import pytest
 from pydantic import ValidationError
 
 import schemas
-from schemas.events import SCHEMA_VERSION, ChatEvent, ErrorInfo, ModelRef, Verdict, VerdictStatus, WireModel
+from schemas.events import (
+    SCHEMA_VERSION,
+    ChatEvent,
+    ErrorInfo,
+    ModelRef,
+    StageVerdict,
+    Verdict,
+    VerdictStatus,
+    WireModel,
+)
 from schemas.export import EXPORTED, export_schemas
 
 
@@ -46,3 +55,18 @@ def test_verdict_status_and_error_agree() -> None:
         Verdict(status=VerdictStatus.ERROR, **common)
     error = Verdict(status=VerdictStatus.ERROR, error=ErrorInfo(code="x", message="m"), **common)
     assert Verdict.model_validate_json(error.model_dump_json()) == error
+
+
+def test_a_verdict_keeps_its_stages_through_json() -> None:
+    stages = [StageVerdict(name="lite", request_harmful=False, request_score=0.42),
+              StageVerdict(name="transformers", request_harmful=True, response_harmful=False)]
+    verdict = Verdict(event_id="e", conversation_id="c", tenant="t", model=ModelRef(name="m", version="1"),
+                      policy_version="p", status=VerdictStatus.OK, request_harmful=True, decided_by="transformers",
+                      stages=stages)
+    back = Verdict.model_validate_json(verdict.model_dump_json())
+    assert back == verdict and back.stages == stages
+    single = Verdict(event_id="e", conversation_id="c", tenant="t", model=ModelRef(name="m", version="1"),
+                     policy_version="p", status=VerdictStatus.OK, request_harmful=False)
+    assert single.stages == []
+    with pytest.raises(ValidationError):  # a stage is as strict as every wire record
+        StageVerdict.model_validate({"name": "lite", "request_harmful": True, "colour": "red"})

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from console.settings import ConsoleSettings
 from trainer.settings import TrainerSettings
 from workers.settings import CONFIG_FILE_ENV, WorkerSettings
 
@@ -51,6 +52,6 @@ def test_invalid_values_and_unknown_keys_are_refused(monkeypatch: pytest.MonkeyP
 
 def test_the_readme_documents_every_setting() -> None:
     text = README.read_text()
-    names = variables(WorkerSettings) + variables(TrainerSettings)
+    names = variables(WorkerSettings) + variables(TrainerSettings) + variables(ConsoleSettings)
     missing = [name for name in names if f"`{name}`" not in text]
     assert missing == []

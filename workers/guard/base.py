@@ -19,6 +19,22 @@ class GuardRequest:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """What one stage of a multi-stage guard (a cascade) answered; `name` is that stage's decided_by."""
+
+    name: str
+    request_harmful: bool
+    response_harmful: bool | None = None
+    request_score: float | None = None
+    response_score: float | None = None
+
+    @classmethod
+    def of(cls, result: GuardResult) -> Stage:
+        return cls(result.decided_by, result.request_harmful, result.response_harmful, result.request_score,
+                   result.response_score)
+
+
+@dataclass(frozen=True)
 class GuardResult:
     request_harmful: bool
     response_harmful: bool | None
@@ -28,6 +44,7 @@ class GuardResult:
     response_score: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    stages: tuple[Stage, ...] = ()  # each stage's answer, in order, when more than one judged (a cascade)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -38,9 +55,14 @@ class GuardResult:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise TypeError(f"a cached result is a JSON object, not {type(data).__name__}")
-        result = cls(**data)
+        stages = data.pop("stages", [])  # an entry written before stages were kept has none
+        if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+            raise TypeError("a cached result's stages are a list of JSON objects")
+        result = cls(**data, stages=tuple(Stage(**s) for s in stages))
         if not isinstance(result.request_harmful, bool) or not isinstance(result.reasoning, str):
             raise TypeError("a cached result has labels of the wrong type")
+        if not all(isinstance(s.name, str) and isinstance(s.request_harmful, bool) for s in result.stages):
+            raise TypeError("a cached result has a stage of the wrong type")
         return result
 
 

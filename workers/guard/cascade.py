@@ -3,14 +3,15 @@
 An item is settled by the lite stage only if every score it has (request text, each image, response)
 is below `cascade_low` (sure it is unharmful) or every relevant one is decisive: the request at or above
 `cascade_high` and the response, if any, outside the uncertain band. Everything else is escalated.
-The verdict's `decided_by` says which stage decided.
+The verdict's `decided_by` says which stage decided; an escalated item's `stages` keeps what each stage
+answered (the lite stage, then the reasoner), so that disagreements between them can be audited.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardResult
+from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardResult, Stage
 from workers.guard.lite import LiteGuard
 from workers.settings import GuardSettings
 
@@ -62,4 +63,4 @@ class CascadeGuard:
         if not isinstance(outcome, GuardResult) or not isinstance(lite, GuardResult):
             return outcome
         note = f"[lite stage unsure: request score {lite.request_score}, response score {lite.response_score}]"
-        return replace(outcome, reasoning=f"{outcome.reasoning}\n{note}")
+        return replace(outcome, reasoning=f"{outcome.reasoning}\n{note}", stages=(Stage.of(lite), Stage.of(outcome)))

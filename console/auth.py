@@ -1,0 +1,100 @@
+"""Sign-in, sessions and CSRF.
+
+A session is a signed cookie (itsdangerous, HttpOnly, SameSite=Strict, Secure unless turned off) holding the
+reviewer's id and the session's CSRF token. Every form carries that token, and every POST is refused
+without it; the sign-in form's token lives in a signed pre-session cookie of its own. Nothing is served
+unsigned: a page without a valid session redirects to the sign-in page, an image or API call gets 401.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.responses import Response
+
+from console.passwords import verify
+from console.settings import AccessSettings
+
+SESSION_COOKIE = "guardstream_session"
+SIGNIN_COOKIE = "guardstream_signin"
+
+
+@dataclass(frozen=True)
+class Session:
+    reviewer: str
+    csrf: str
+
+
+class NotSignedIn(Exception):
+    """No valid session: pages redirect to the sign-in page, images and the API answer 401."""
+
+
+class CsrfRefused(Exception):
+    """A form posted without this session's CSRF token."""
+
+
+class Access:
+    def __init__(self, settings: AccessSettings) -> None:
+        self.settings = settings
+        secret = settings.session_secret.get_secret_value() if settings.session_secret else secrets.token_hex(32)
+        self._sessions = URLSafeTimedSerializer(secret, salt="guardstream-console-session")
+        self._signin = URLSafeTimedSerializer(secret, salt="guardstream-console-signin")
+
+    # -- reviewers ------------------------------------------------------------------------------------------
+
+    def check_reviewer(self, reviewer: str, token: str) -> bool:
+        hashed = self.settings.reviewers.get(reviewer)
+        # an unknown reviewer is checked against a hash anyway, so the answer takes as long either way
+        return verify(token, hashed or _DUMMY_HASH) and hashed is not None
+
+    def check_reporter(self, authorization: str | None) -> str | None:
+        """The reporter a bearer token belongs to (reporter id and token as `id:token`), or None."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        reporter, _, token = authorization.removeprefix("Bearer ").partition(":")
+        hashed = self.settings.reporters.get(reporter)
+        return reporter if verify(token, hashed or _DUMMY_HASH) and hashed is not None else None
+
+    # -- cookies --------------------------------------------------------------------------------------------
+
+    def session(self, cookie: str | None) -> Session:
+        if not cookie:
+            raise NotSignedIn()
+        try:
+            data = self._sessions.loads(cookie, max_age=self.settings.session_max_age_s)
+        except BadSignature as exc:
+            raise NotSignedIn() from exc
+        if not isinstance(data, dict) or data.get("r") not in self.settings.reviewers:
+            raise NotSignedIn()  # a reviewer removed from settings is signed out
+        return Session(reviewer=data["r"], csrf=data["c"])
+
+    def start_session(self, response: Response, reviewer: str) -> None:
+        value = self._sessions.dumps({"r": reviewer, "c": secrets.token_urlsafe(24)})
+        self._set(response, SESSION_COOKIE, value, self.settings.session_max_age_s)
+        response.delete_cookie(SIGNIN_COOKIE, path="/")
+
+    def end_session(self, response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/")
+
+    def signin_csrf(self, cookie: str | None) -> str | None:
+        try:
+            return self._signin.loads(cookie, max_age=3600) if cookie else None
+        except BadSignature:
+            return None
+
+    def set_signin_csrf(self, response: Response, token: str) -> None:
+        self._set(response, SIGNIN_COOKIE, self._signin.dumps(token), 3600)
+
+    def _set(self, response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="strict",
+                            secure=self.settings.cookie_secure)
+
+
+def same_token(expected: str | None, given: str | None) -> bool:
+    return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
+
+
+_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

@@ -1,0 +1,149 @@
+"""Verdicts into the review store: consume `moderation.verdicts`, apply the sampling policy, read each newly
+queued event at its coordinates (`verdict.source`), store, then commit.
+
+A verdict that does not decode, or whose event cannot be read (gone by retention, or of another event), is
+counted and logged, and the consumer moves on: the console must not stop on one bad record. A broker that
+does not answer leaves the poll uncommitted; the consumer retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from console.metrics import ConsoleMetrics
+from console.sampling import reasons_for
+from console.settings import ConsoleSettings
+from console.store import Incoming, ReviewStore
+from schemas.events import ChatEvent, SourceRef, Verdict
+from topics.registry import TopicNames
+from trainer.resolve import RecordReader, RecordUndecodable, Unresolvable, _decode
+from workers.kafka_clients import client_options, stop_consumer
+
+log = structlog.get_logger("guardstream.console.intake")
+
+
+@dataclass(frozen=True)
+class Polled:
+    incoming: list[Incoming]
+    undecodable: int
+
+
+def decode(records: list[ConsumerRecord[bytes, bytes]], settings: ConsoleSettings) -> Polled:
+    incoming: list[Incoming] = []
+    undecodable = 0
+    for record in records:
+        at = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
+        try:
+            verdict = Verdict.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            undecodable += 1
+            log.warning("verdict undecodable", at=f"{at.topic}[{at.partition}]@{at.offset}",
+                        error=exc.errors()[0]["msg"])
+            continue
+        incoming.append(Incoming(verdict, at, reasons_for(verdict, settings.sampling)))
+    return Polled(incoming, undecodable)
+
+
+class EventReader:
+    """Reads events at their coordinates; None (counted, logged) for one that can never be read."""
+
+    def __init__(self, settings: ConsoleSettings, metrics: ConsoleMetrics) -> None:
+        self.reader = RecordReader(settings.kafka, settings.resolve_timeout_s)
+        self.limits = settings.limits
+        self.metrics = metrics
+
+    async def start(self) -> None:
+        await self.reader.start()
+
+    async def stop(self) -> None:
+        await self.reader.stop()
+
+    async def read(self, event_id: str, at: SourceRef | None) -> ChatEvent | None:
+        try:
+            if at is None:
+                raise Unresolvable("the verdict names no event coordinates")
+            raw = await self.reader.read(at)
+            if len(raw) > self.limits.max_record_bytes:
+                raise RecordUndecodable(f"{len(raw)} bytes, over the limit")
+            event = _decode(ChatEvent, raw, RecordUndecodable, "event")
+            if event.event_id != event_id:
+                raise Unresolvable(f"the record there is event {event.event_id!r}")
+            return event
+        except Unresolvable as exc:
+            self.metrics.events_unreadable.labels(exc.reason).inc()
+            log.warning("event unreadable: not queued", event_id=event_id, reason=exc.reason, error=str(exc))
+            return None
+
+
+class VerdictIntake:
+    def __init__(self, settings: ConsoleSettings, store: ReviewStore, metrics: ConsoleMetrics,
+                 events: EventReader) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.events = events
+        self.topic = TopicNames(settings.kafka.topic_prefix).verdicts
+        self.consumer = AIOKafkaConsumer(
+            self.topic, **client_options(settings.kafka), group_id=settings.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms * 10)
+        self.assigned = asyncio.Event()
+        self.seen = 0  # verdict records read and stored (committed)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self.consumer.start()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.poll_once()
+                except KafkaError as exc:  # the broker's trouble: retry the uncommitted poll
+                    self.metrics.intake_errors.labels(type(exc).__name__).inc()
+                    log.warning("intake poll failed; retrying", error=type(exc).__name__)
+                    await self._seek_to_committed()
+                    await asyncio.sleep(1.0)
+        finally:
+            await stop_consumer(self.consumer)
+
+    async def poll_once(self) -> int:
+        batches = await self.consumer.getmany(timeout_ms=self.settings.kafka.poll_timeout_ms,
+                                              max_records=self.settings.kafka.max_poll_records)
+        if self.consumer.assignment():
+            self.assigned.set()
+        records = [r for rs in batches.values() for r in rs]
+        if not records:
+            return 0
+        polled = decode(records, self.settings)
+        self.metrics.verdicts_undecodable.inc(polled.undecodable)
+        self.metrics.verdicts_seen.inc(len(records))
+        queued = await asyncio.to_thread(self.store.events_with_items, [i.verdict.event_id for i in polled.incoming])
+        events: dict[str, tuple[ChatEvent, SourceRef | None]] = {}
+        for one in polled.incoming:
+            event_id = one.verdict.event_id
+            if one.reasons and event_id not in queued and event_id not in events:
+                event = await self.events.read(event_id, one.verdict.source)
+                if event is not None:
+                    events[event_id] = (event, one.verdict.source)
+        added = await asyncio.to_thread(self.store.add, polled.incoming, events, datetime.now(UTC))
+        for one in polled.incoming:
+            if one.verdict.event_id in events:
+                for reason in one.reasons:
+                    self.metrics.queued.labels(str(reason)).inc()
+        await self.consumer.commit()
+        self.seen += len(records)
+        return added
+
+    async def _seek_to_committed(self) -> None:
+        for tp in self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if committed is not None:
+                self.consumer.seek(tp, committed)

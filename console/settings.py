@@ -1,0 +1,85 @@
+"""The console's settings: where verdicts come from, where the review store lives, who may sign in, and
+which verdicts enter the review queue."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from workers.settings import (
+    FetchSettings,
+    KafkaSettings,
+    LimitSettings,
+    ObservabilitySettings,
+    Section,
+    ServiceSettings,
+)
+
+Hashes = dict[str, str]
+
+
+class SamplingSettings(Section):
+    """Which verdicts enter the review queue. Each rule that fires is recorded as one of the item's reasons."""
+
+    errors: bool = Field(True, description="every error verdict")
+    near_threshold: float = Field(0.05, ge=0, le=0.5, description="scores within this distance of their "
+                                  "threshold; 0 turns the rule off")
+    request_threshold: float = Field(0.58, gt=0, lt=1, description="the request score at which the serving "
+                                     "model says harmful (default: the shipped lite guard's)")
+    response_threshold: float = Field(0.10, gt=0, lt=1, description="the response score at which it says harmful")
+    escalations: bool = Field(True, description="verdicts a cascade escalated to its reasoning stage")
+    disagreements: bool = Field(True, description="verdicts whose stages disagreed (lite vs reasoning)")
+    random_rate: float = Field(0.05, ge=0, le=1, description="share of events sampled uniformly at random (by a "
+                               "hash of the event id): the unbiased sample the quality page estimates from")
+    reports: bool = Field(True, description="events that downstream users reported (POST /api/reports)")
+    double_review_rate: float = Field(0.1, ge=0, le=1, description="share of queue items (by hash) that two "
+                                      "reviewers label, so that their agreement can be measured")
+
+
+class ReviewSettings(Section):
+    undo_window_s: float = Field(10.0, ge=0, description="a label waits this long before it is published; undo "
+                                 "within it withdraws the label, later undo publishes the correction")
+    max_note_chars: int = Field(4_000, ge=0, le=4_000)
+    thumbnail_px: int = Field(320, ge=16, le=2048, description="longer side of image thumbnails")
+    claim_s: float = Field(300.0, gt=0, description="an item shown to a reviewer is not offered to another "
+                           "reviewer for this long")
+
+
+class AccessSettings(Section):
+    """Who may sign in. Tokens are stored hashed (`guardstream console hash-token`)."""
+
+    reviewers: Hashes = Field(default_factory=dict, description="reviewer id → hash of their token")
+    reporters: Hashes = Field(default_factory=dict, description="reporter id → hash of the bearer token that "
+                              "may POST /api/reports")
+    session_secret: SecretStr | None = Field(None, description="signs the session cookies; None: a random one "
+                                             "per process (a restart signs everyone out)")
+    session_max_age_s: int = Field(12 * 3600, ge=60)
+    cookie_secure: bool = Field(True, description="Secure cookies (browsers accept them on loopback http too)")
+
+    @field_validator("reviewers", "reporters")
+    @classmethod
+    def _hashed(cls, value: Hashes) -> Hashes:
+        from console.passwords import is_hash
+
+        for who, hashed in value.items():
+            if not is_hash(hashed):
+                raise ValueError(f"the token of {who!r} is not a hash: store `guardstream console hash-token`'s "
+                                 "output, never the token itself")
+        return value
+
+
+class ConsoleSettings(ServiceSettings):
+    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings(client_id="guardstream-console"))
+    group_id: str = Field("guardstream-console", description="the console's consumer group")
+    database_url: SecretStr = Field(SecretStr("sqlite:///guardstream-console.db"), description="SQLAlchemy URL: "
+                                    "postgresql+psycopg://… in production, a SQLite file by default")
+    migrate_on_start: bool = Field(True, description="bring the review store's schema up to date at start")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    resolve_timeout_s: float = Field(5.0, gt=0, description="how long reading an event at its coordinates may take")
+    observability: ObservabilitySettings = Field(
+        default_factory=lambda: ObservabilitySettings(health_port=9466))

@@ -1,0 +1,276 @@
+"""The console's pages (FastAPI, server-rendered Jinja2 templates with autoescaping, one small script).
+
+    GET  /signin, POST /signin, POST /signout      sign in with a reviewer id and token
+    GET  /                                         the next item in the queue for this reviewer
+    GET  /items/{id}                               the review page: event, images, every verdict, labels
+    POST /items/{id}/label | /items/{id}/skip      label (published after the undo window) or skip
+    POST /undo                                     undo this reviewer's last label
+    GET  /items/{id}/images/{n}                    a thumbnail, through the worker's fetcher
+    GET  /quality, /quality/plot.png               live precision/recall/F1, agreement, the queue
+    POST /api/reports                              downstream users report an event (bearer token)
+"""
+
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Form, Header, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from console import quality
+from console.auth import SESSION_COOKIE, SIGNIN_COOKIE, Access, CsrfRefused, NotSignedIn, Session, same_token
+from console.intake import EventReader
+from console.metrics import ConsoleMetrics
+from console.outbox import LabelPublisher
+from console.sampling import Reason
+from console.settings import ConsoleSettings
+from console.store import Incoming, ItemView, LabelRefused, ReviewStore
+from console.thumbnails import Thumbnails
+from schemas.events import SourceRef, Verdict
+from workers.errors import GuardstreamError
+
+HERE = Path(__file__).parent
+PAGES = {"next_item", "item_page", "quality_page"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class Parts:
+    """What the pages use, made and owned by the console service."""
+
+    settings: ConsoleSettings
+    store: ReviewStore
+    access: Access
+    metrics: ConsoleMetrics
+    thumbnails: Thumbnails
+    events: EventReader
+    publisher: LabelPublisher | None = None
+
+
+class Report(BaseModel):
+    """A downstream user's report: the event, and the verdict they received (so the console can find an event
+    it did not sample)."""
+
+    event_id: str = Field(min_length=1, max_length=256)
+    reason: str = Field("", max_length=2_000)
+    verdict: SourceRef | None = None
+
+
+def create_app(parts: Parts) -> FastAPI:
+    app = FastAPI(title="guardstream console", docs_url=None, redoc_url=None, openapi_url=None)
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.globals["reasons"] = {str(r): r.name.replace("_", " ").lower() for r in Reason}
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    store, access, metrics = parts.store, parts.access, parts.metrics
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.exception_handler(NotSignedIn)
+    async def _not_signed_in(request: Request, _: NotSignedIn) -> Response:
+        route = request.scope.get("route")
+        if getattr(route, "name", None) in PAGES:  # a page sends the browser to sign in; images, forms: 401
+            return RedirectResponse("/signin", status_code=303)
+        return JSONResponse({"error": "sign in first"}, status_code=401)
+
+    @app.exception_handler(CsrfRefused)
+    async def _csrf(_: Request, __: CsrfRefused) -> Response:
+        return HTMLResponse("the form's CSRF token is missing or wrong: reload the page and try again",
+                            status_code=403)
+
+    def session(request: Request) -> Session:
+        return access.session(request.cookies.get(SESSION_COOKIE))
+
+    async def checked(request: Request, reviewer: Annotated[Session, Depends(session)]) -> Session:
+        form = await request.form()
+        if not same_token(reviewer.csrf, form.get("csrf")):  # type: ignore[arg-type]
+            raise CsrfRefused()
+        return reviewer
+
+    def page(request: Request, name: str, status: int = 200, **context: object) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, context, status_code=status)
+
+    # -- signing in -----------------------------------------------------------------------------------------
+
+    def signin_page(request: Request, status: int = 200, error: str = "") -> HTMLResponse:
+        csrf = secrets.token_urlsafe(24)
+        response = page(request, "signin.html", status=status, csrf=csrf, error=error)
+        access.set_signin_csrf(response, csrf)
+        return response
+
+    @app.get("/signin", response_class=HTMLResponse)
+    async def signin_form(request: Request) -> HTMLResponse:
+        return signin_page(request)
+
+    @app.post("/signin")
+    async def signin(request: Request, reviewer: Annotated[str, Form(max_length=256)],
+                     token: Annotated[str, Form(max_length=1024)], csrf: Annotated[str, Form()] = "") -> Response:
+        if not same_token(access.signin_csrf(request.cookies.get(SIGNIN_COOKIE)), csrf):
+            raise CsrfRefused()
+        if not await run_in_threadpool(access.check_reviewer, reviewer, token):
+            metrics.sign_in_failures.inc()
+            return signin_page(request, 401, "unknown reviewer or wrong token")
+        response = RedirectResponse("/", status_code=303)
+        access.start_session(response, reviewer)
+        return response
+
+    @app.post("/signout")
+    async def signout(_: Annotated[Session, Depends(checked)]) -> Response:
+        response = RedirectResponse("/signin", status_code=303)
+        access.end_session(response)
+        return response
+
+    # -- reviewing ------------------------------------------------------------------------------------------
+
+    @app.get("/")
+    async def next_item(request: Request, reviewer: Annotated[Session, Depends(session)]) -> Response:
+        item_id = await run_in_threadpool(store.next_item, reviewer.reviewer, datetime.now(UTC))
+        if item_id is not None:
+            return RedirectResponse(f"/items/{item_id}", status_code=303)
+        stats = await run_in_threadpool(store.queue_stats, datetime.now(UTC))
+        return page(request, "empty.html", session=reviewer, stats=stats)
+
+    @app.get("/items/{item_id}", response_class=HTMLResponse)
+    async def item_page(request: Request, item_id: int, reviewer: Annotated[Session, Depends(session)],
+                        undone: str = "") -> HTMLResponse:
+        item = await run_in_threadpool(store.item, item_id)
+        if item is None:
+            return page(request, "message.html", status=404, session=reviewer, message=f"there is no item {item_id}")
+        mine = next((x for x in item.live_labels if x.reviewer == reviewer.reviewer), None)
+        return page(request, "review.html", session=reviewer, item=item, mine=mine, undone=undone,
+                    others_visible=mine is not None or item.done, note_limit=parts.settings.review.max_note_chars)
+
+    @app.post("/items/{item_id}/label")
+    async def label(request: Request, item_id: int, reviewer: Annotated[Session, Depends(checked)],
+                    request_label: Annotated[str, Form(alias="request")],
+                    response_label: Annotated[str, Form(alias="response")] = "",
+                    note: Annotated[str, Form()] = "") -> Response:
+        try:
+            request_harmful = _harmful(request_label, required=True)
+            response_harmful = _harmful(response_label, required=False)
+            if len(note) > parts.settings.review.max_note_chars:
+                raise LabelRefused(f"the note is over {parts.settings.review.max_note_chars} characters")
+            await run_in_threadpool(store.label, item_id, reviewer.reviewer, request_harmful, response_harmful, note,
+                                    datetime.now(UTC))
+        except LabelRefused as exc:
+            return page(request, "message.html", status=409, session=reviewer, message=str(exc), item_id=item_id)
+        metrics.labels_given.inc()
+        if parts.publisher is not None:
+            parts.publisher.wake()
+        return RedirectResponse("/", status_code=303)
+
+    @app.post("/items/{item_id}/skip")
+    async def skip(item_id: int, reviewer: Annotated[Session, Depends(checked)]) -> Response:
+        await run_in_threadpool(store.skip, item_id, reviewer.reviewer, datetime.now(UTC))
+        return RedirectResponse("/", status_code=303)
+
+    @app.post("/undo")
+    async def undo(reviewer: Annotated[Session, Depends(checked)]) -> Response:
+        undone = await run_in_threadpool(store.undo_last, reviewer.reviewer, datetime.now(UTC))
+        if undone is None:
+            return RedirectResponse("/", status_code=303)
+        how = "withdrawn" if undone.withdrawn else "superseded"
+        return RedirectResponse(f"/items/{undone.item_id}?undone={how}", status_code=303)
+
+    @app.get("/items/{item_id}/images/{index}")
+    async def image(item_id: int, index: int, _: Annotated[Session, Depends(session)]) -> Response:
+        item = await run_in_threadpool(store.item, item_id)
+        if item is None or not 0 <= index < len(item.event.images):
+            return Response("no such image", status_code=404, media_type="text/plain")
+        try:
+            png = await parts.thumbnails.png(item.event.images[index])
+        except GuardstreamError as exc:
+            return Response(f"image not shown: {exc.summary} ({exc.code})", status_code=422, media_type="text/plain")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+    # -- quality --------------------------------------------------------------------------------------------
+
+    @app.get("/quality", response_class=HTMLResponse)
+    async def quality_page(request: Request, reviewer: Annotated[Session, Depends(session)]) -> HTMLResponse:
+        judged, pairs, stats = await run_in_threadpool(_quality_data, store)
+        metrics.queue_open.set(stats.open)
+        metrics.queue_oldest_s.set(stats.oldest_open_s or 0)
+        return page(request, "quality.html", session=reviewer, judged=len(judged), stats=stats,
+                    overall=quality.estimate(judged), groups=quality.by_task_and_modality(judged),
+                    models=quality.by_model(judged),
+                    agreement={task: quality.agreement(p) for task, p in pairs.items()})
+
+    @app.get("/quality/plot.png")
+    async def quality_plot(_: Annotated[Session, Depends(session)]) -> Response:
+        judged = await run_in_threadpool(store.judged)
+        return Response(await run_in_threadpool(quality.plot_quality, judged), media_type="image/png")
+
+    # -- reports --------------------------------------------------------------------------------------------
+
+    @app.post("/api/reports", status_code=202)
+    async def report(body: Report, authorization: Annotated[str | None, Header()] = None) -> Response:
+        reporter = await run_in_threadpool(access.check_reporter, authorization)
+        if reporter is None:
+            return JSONResponse({"error": "a reporter's bearer token is required"}, status_code=401)
+        now = datetime.now(UTC)
+        if await run_in_threadpool(store.report, body.event_id, reporter, body.reason, now):
+            return JSONResponse({"queued": True}, status_code=202)
+        if body.verdict is None:
+            return JSONResponse({"queued": False, "error": "the console has not seen this event: send the verdict's "
+                                 "coordinates (`verdict`)"}, status_code=404)
+        queued = await _queue_reported(parts, body, now)
+        if queued:
+            await run_in_threadpool(store.report, body.event_id, reporter, body.reason, now)
+        return JSONResponse({"queued": queued}, status_code=202 if queued else 404)
+
+    return app
+
+
+async def _queue_reported(parts: Parts, body: Report, now: datetime) -> bool:
+    """Read the reported verdict and its event at their coordinates, and queue the event as reported."""
+    assert body.verdict is not None
+    try:
+        raw = await parts.events.reader.read(body.verdict)
+        verdict = Verdict.model_validate_json(raw)
+    except Exception:  # noqa: BLE001 - whatever the coordinates hold, the answer is "not found"
+        return False
+    if verdict.event_id != body.event_id:
+        return False
+    event = await parts.events.read(verdict.event_id, verdict.source)
+    if event is None:
+        return False
+    incoming = Incoming(verdict, body.verdict, [Reason.REPORTED])
+    await run_in_threadpool(parts.store.add, [incoming], {event.event_id: (event, verdict.source)}, now)
+    return True
+
+
+def _harmful(value: str, required: bool) -> bool | None:
+    if value == "harmful":
+        return True
+    if value == "unharmful":
+        return False
+    if value == "" and not required:
+        return None
+    raise LabelRefused("choose harmful or unharmful for the request" if required else "the response label is "
+                       "harmful, unharmful or empty")
+
+
+def _quality_data(store: ReviewStore) -> tuple[list[quality.Judged], dict[str, list[tuple[bool, bool]]], object]:
+    return store.judged(), store.agreement_pairs(), store.queue_stats(datetime.now(UTC))
+
+
+__all__ = ["ItemView", "Parts", "create_app"]

@@ -1,0 +1,67 @@
+"""The console's intake against the local broker: which verdicts the sampling policy queues, that their
+events are read at their coordinates, and that bad records are skipped, counted, and committed past."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+
+from console.settings import ConsoleSettings
+from schemas.events import SourceRef, StageVerdict
+from tests.console.conftest import chat, publish_judged, running_console, verdict
+from tests.waiting import wait_until
+from topics.local_broker import LocalBroker
+from topics.registry import TopicNames
+
+
+def _count(service: object, name: str, label: str | None = None) -> float:
+    registry = service.metrics.registry  # type: ignore[attr-defined]
+    return sum(s.value for m in registry.collect() for s in m.samples
+               if s.name == name and (label is None or label in s.labels.values()))
+
+
+async def test_the_policy_queues_errors_near_threshold_and_disagreements_with_their_events(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    disagreeing = [StageVerdict(name="lite", request_harmful=False, request_score=0.3),
+                   StageVerdict(name="transformers", request_harmful=True)]
+    agreeing = [StageVerdict(name="lite", request_harmful=True, request_score=0.7),
+                StageVerdict(name="transformers", request_harmful=True)]
+    judged = [
+        (chat("err", "an image that could not be fetched", images=1), verdict("err", error="image_not_found")),
+        (chat("near", "borderline"), verdict("near", harmful=True, score=0.6)),
+        (chat("calm", "good morning"), verdict("calm", score=0.1)),
+        (chat("split", "a cascade split"), verdict("split", harmful=True, score=None, stages=disagreeing)),
+        (chat("esc", "a cascade agreed"), verdict("esc", harmful=True, score=None, stages=agreeing)),
+    ]
+    await publish_judged(broker.bootstrap_servers, topics, judged)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await producer.start()
+    await producer.send_and_wait(topics.verdicts, b"{not a verdict")
+    # a verdict whose coordinates hold another event: never queued with the wrong text
+    wrong = verdict("liar", score=0.6).model_copy(update={"source": SourceRef(topic=topics.events, partition=0,
+                                                                              offset=0)})
+    await producer.send_and_wait(topics.verdicts, wrong.model_dump_json().encode(), partition=0)
+    await producer.stop()
+    async with running_console(console_settings) as service:
+        await wait_until(lambda: service.intake.seen >= len(judged) + 2, 60, "every verdict read")
+        store = service.store
+        queued = store.events_with_items([e.event_id for e, _ in judged] + ["liar"])
+        assert queued == {"err", "near", "split", "esc"}
+        reasons = {store.item(i).event.event_id: store.item(i).reasons for i in range(1, 5)}  # type: ignore[union-attr]
+        assert reasons == {"err": ["error"], "near": ["near_threshold"], "split": ["disagreement", "escalated"],
+                           "esc": ["escalated"]}
+        assert store.item(1).event.text == "an image that could not be fetched"  # type: ignore[union-attr]
+        assert _count(service, "guardstream_console_verdicts_undecodable_total") == 1
+        assert _count(service, "guardstream_console_events_unreadable_total") == 1
+        assert _count(service, "guardstream_console_queued_total", "error") == 1
+
+
+async def test_a_restarted_console_resumes_after_what_it_stored(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    await publish_judged(broker.bootstrap_servers, topics, [(chat("a"), verdict("a", error="backend_failed"))])
+    async with running_console(console_settings) as service:
+        await wait_until(lambda: service.intake.seen >= 1, 60, "the first verdict read")
+    await publish_judged(broker.bootstrap_servers, topics, [(chat("b"), verdict("b", error="backend_failed"))])
+    async with running_console(console_settings) as service:
+        await wait_until(lambda: service.intake.seen >= 1, 60, "the second verdict read")
+        assert service.intake.seen == 1  # the first was committed: not read again
+        assert service.store.events_with_items(["a", "b"]) == {"a", "b"}
