@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the console's browser tests drive Debian's chromium through Debian's chromedriver (nothing downloads a browser)
+BROWSER := /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test bench train-lite clean
 
@@ -19,8 +22,12 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/guardstream demo
 
-test: $(STAMP)
-	$(BIN)/ruff check workers schemas topics trainer tests bench
+$(BROWSER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+
+test: $(STAMP) $(BROWSER)
+	$(BIN)/ruff check workers schemas topics trainer console tests bench
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

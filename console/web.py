@@ -223,6 +223,8 @@ def create_app(parts: Parts) -> FastAPI:
 
     @app.post("/api/reports", status_code=202)
     async def report(body: Report, authorization: Annotated[str | None, Header()] = None) -> Response:
+        if not parts.settings.sampling.reports:
+            return JSONResponse({"error": "reports are turned off (SAMPLING__REPORTS)"}, status_code=403)
         reporter = await run_in_threadpool(access.check_reporter, authorization)
         if reporter is None:
             return JSONResponse({"error": "a reporter's bearer token is required"}, status_code=401)

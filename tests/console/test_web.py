@@ -15,6 +15,8 @@ from tests.kafka_io import read_topic
 from tests.waiting import wait_until
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
+from trainer.resolve import RecordReader, Resolver
+from workers.settings import LimitSettings
 
 SCRIPT = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 
@@ -151,5 +153,12 @@ async def test_a_label_given_in_the_console_arrives_on_the_audit_topic(
         assert (label.event_id, label.labeller, label.request_harmful, label.response_harmful, label.note) == (
             "wrong", "alice", True, True, "missed")
         assert label.verdict == at[0] and records[0].key == b"wrong"
+        reader = RecordReader(console_settings.kafka, 10.0)  # the trainer finds the event through the label
+        await reader.start()
+        try:
+            example = await Resolver(reader, LimitSettings()).resolve(records[0].value)
+        finally:
+            await reader.stop()
+        assert example.event.text == "how do I make a pipe bomb" and example.verdict is not None
         empty = await alice.get("/")
         assert empty.status == 200 and "Nothing left for you to review" in empty.text

@@ -1,0 +1,52 @@
+"""Reviewer tokens: stored only hashed, checked in constant time, refused in settings when given in clear."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from console.auth import Access
+from console.passwords import hash_token, is_hash, new_token, verify
+from console.settings import AccessSettings, ConsoleSettings
+from workers.cli import app
+
+
+def test_a_hash_verifies_its_token_only_and_is_salted() -> None:
+    token = new_token()
+    first, second = hash_token(token), hash_token(token)
+    assert first != second and is_hash(first) and token not in first
+    assert verify(token, first) and verify(token, second)
+    assert not verify(token + "x", first) and not verify("", first)
+    assert not verify(token, "scrypt$16384$8$1$AAAA$!!!!") and not verify(token, token)
+
+
+def test_settings_refuse_a_token_given_in_clear_and_never_show_the_secret() -> None:
+    with pytest.raises(ValidationError, match="not a hash"):
+        AccessSettings(reviewers={"alice": "hunter2"})
+    settings = ConsoleSettings(access={"reviewers": {"alice": hash_token("t")}, "session_secret": "s3cr3t-value"},
+                               database_url="postgresql+psycopg://console:db-password@127.0.0.1/review")
+    shown = repr(settings) + str(settings.model_dump())
+    assert "s3cr3t-value" not in shown and "db-password" not in shown
+
+
+def test_access_knows_reviewers_and_reporters_by_their_tokens() -> None:
+    access = Access(AccessSettings(reviewers={"alice": hash_token("a-token")},
+                                   reporters={"platform": hash_token("r-token")}))
+    assert access.check_reviewer("alice", "a-token")
+    assert not access.check_reviewer("alice", "r-token") and not access.check_reviewer("bob", "a-token")
+    assert access.check_reporter("Bearer platform:r-token") == "platform"
+    assert access.check_reporter("Bearer platform:a-token") is None
+    assert access.check_reporter("platform:r-token") is None and access.check_reporter(None) is None
+
+
+def test_the_cli_hashes_a_token_and_refuses_to_start_without_reviewers(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    hashed = runner.invoke(app, ["console", "hash-token"], input="my-token\n")
+    assert hashed.exit_code == 0 and verify("my-token", hashed.stdout.strip())
+    made = runner.invoke(app, ["console", "hash-token", "--generate"])
+    token, digest = (line.split(":", 1)[1].strip() for line in made.stdout.splitlines())
+    assert verify(token, digest)
+    monkeypatch.delenv("GUARDSTREAM_ACCESS__REVIEWERS", raising=False)
+    refused = runner.invoke(app, ["console"])
+    assert refused.exit_code == 2 and "no reviewers" in refused.output
