@@ -23,7 +23,7 @@ from console.settings import ConsoleSettings
 from console.store import Incoming, ReviewStore
 from schemas.events import ChatEvent, SourceRef, Verdict
 from topics.registry import TopicNames
-from trainer.resolve import RecordReader, RecordUndecodable, Unresolvable, _decode
+from trainer.resolve import NoCoordinates, RecordReader, Resolver, Unresolvable
 from workers.kafka_clients import client_options, stop_consumer
 
 log = structlog.get_logger("guardstream.console.intake")
@@ -52,12 +52,14 @@ def decode(records: list[ConsumerRecord[bytes, bytes]], settings: ConsoleSetting
 
 
 class EventReader:
-    """Reads events at their coordinates; None (counted, logged) for one that can never be read."""
+    """Reads verdicts and events at their coordinates for the intake and for reports (one at a time: they
+    share one seeking consumer); None, counted and logged, for a record that can never be read."""
 
     def __init__(self, settings: ConsoleSettings, metrics: ConsoleMetrics) -> None:
         self.reader = RecordReader(settings.kafka, settings.resolve_timeout_s)
-        self.limits = settings.limits
+        self.resolver = Resolver(self.reader, settings.limits)
         self.metrics = metrics
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.reader.start()
@@ -65,21 +67,25 @@ class EventReader:
     async def stop(self) -> None:
         await self.reader.stop()
 
-    async def read(self, event_id: str, at: SourceRef | None) -> ChatEvent | None:
+    async def event(self, event_id: str, at: SourceRef | None) -> ChatEvent | None:
+        if at is None:
+            return self._unreadable(event_id, NoCoordinates("the verdict names no event coordinates"))
         try:
-            if at is None:
-                raise Unresolvable("the verdict names no event coordinates")
-            raw = await self.reader.read(at)
-            if len(raw) > self.limits.max_record_bytes:
-                raise RecordUndecodable(f"{len(raw)} bytes, over the limit")
-            event = _decode(ChatEvent, raw, RecordUndecodable, "event")
-            if event.event_id != event_id:
-                raise Unresolvable(f"the record there is event {event.event_id!r}")
-            return event
+            async with self._lock:
+                return await self.resolver.read_event(at, event_id)
         except Unresolvable as exc:
-            self.metrics.events_unreadable.labels(exc.reason).inc()
-            log.warning("event unreadable: not queued", event_id=event_id, reason=exc.reason, error=str(exc))
-            return None
+            return self._unreadable(event_id, exc)
+
+    async def verdict(self, event_id: str, at: SourceRef) -> Verdict | None:
+        try:
+            async with self._lock:
+                return await self.resolver.read_verdict(at, event_id)
+        except Unresolvable as exc:
+            return self._unreadable(event_id, exc)
+
+    def _unreadable(self, event_id: str, exc: Unresolvable) -> None:
+        self.metrics.events_unreadable.labels(exc.reason).inc()
+        log.warning("record unreadable: not queued", event_id=event_id, reason=exc.reason, error=str(exc))
 
 
 class VerdictIntake:
@@ -90,9 +96,7 @@ class VerdictIntake:
         self.metrics = metrics
         self.events = events
         self.topic = TopicNames(settings.kafka.topic_prefix).verdicts
-        self.consumer = AIOKafkaConsumer(
-            self.topic, **client_options(settings.kafka), group_id=settings.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms * 10)
+        self.consumer: AIOKafkaConsumer | None = None  # made in run(): aiokafka wants a running loop
         self.assigned = asyncio.Event()
         self.seen = 0  # verdict records read and stored (committed)
         self._stopping = asyncio.Event()
@@ -101,6 +105,10 @@ class VerdictIntake:
         self._stopping.set()
 
     async def run(self) -> None:
+        kafka = self.settings.kafka
+        self.consumer = AIOKafkaConsumer(
+            self.topic, **client_options(kafka), group_id=self.settings.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=kafka.fetch_max_wait_ms)
         await self.consumer.start()
         try:
             while not self._stopping.is_set():
@@ -115,6 +123,7 @@ class VerdictIntake:
             await stop_consumer(self.consumer)
 
     async def poll_once(self) -> int:
+        assert self.consumer is not None, "run() polls"
         batches = await self.consumer.getmany(timeout_ms=self.settings.kafka.poll_timeout_ms,
                                               max_records=self.settings.kafka.max_poll_records)
         if self.consumer.assignment():
@@ -130,7 +139,7 @@ class VerdictIntake:
         for one in polled.incoming:
             event_id = one.verdict.event_id
             if one.reasons and event_id not in queued and event_id not in events:
-                event = await self.events.read(event_id, one.verdict.source)
+                event = await self.events.event(event_id, one.verdict.source)
                 if event is not None:
                     events[event_id] = (event, one.verdict.source)
         added = await asyncio.to_thread(self.store.add, polled.incoming, events, datetime.now(UTC))
@@ -140,9 +149,13 @@ class VerdictIntake:
                     self.metrics.queued.labels(str(reason)).inc()
         await self.consumer.commit()
         self.seen += len(records)
+        count, oldest_s = await asyncio.to_thread(self.store.open_items, datetime.now(UTC))
+        self.metrics.queue_open.set(count)
+        self.metrics.queue_oldest_s.set(oldest_s)
         return added
 
     async def _seek_to_committed(self) -> None:
+        assert self.consumer is not None
         for tp in self.consumer.assignment():
             committed = await self.consumer.committed(tp)
             if committed is not None:

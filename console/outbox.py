@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from console.metrics import ConsoleMetrics
 from console.store import ReviewStore
 from topics.registry import TopicNames
+from workers.kafka_clients import client_options
 from workers.settings import KafkaSettings
 
 log = structlog.get_logger("guardstream.console.outbox")
@@ -27,13 +28,12 @@ log = structlog.get_logger("guardstream.console.outbox")
 class LabelPublisher:
     def __init__(self, kafka: KafkaSettings, store: ReviewStore, metrics: ConsoleMetrics,
                  interval_s: float = 0.5) -> None:
-        from workers.kafka_clients import client_options
-
         self.store = store
         self.metrics = metrics
         self.interval_s = interval_s
         self.topic = TopicNames(kafka.topic_prefix).audit_labels
-        self.producer = AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=0)
+        self.kafka = kafka
+        self.producer: AIOKafkaProducer | None = None  # made in run(): aiokafka wants a running loop
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -46,6 +46,7 @@ class LabelPublisher:
         self._wake.set()
 
     async def run(self) -> None:
+        self.producer = AIOKafkaProducer(**client_options(self.kafka), acks="all", linger_ms=0)
         await self.producer.start()
         try:
             while not self._stopping.is_set():
@@ -58,6 +59,7 @@ class LabelPublisher:
             await self.producer.stop()
 
     async def publish_due(self) -> int:
+        assert self.producer is not None, "run() publishes"
         due = await asyncio.to_thread(self.store.claim_due_labels, datetime.now(UTC))
         if not due:
             return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import structlog
 import uvicorn
@@ -24,6 +25,14 @@ from workers.health import HealthServer
 log = structlog.get_logger("guardstream.console")
 
 
+class WebServer(uvicorn.Server):
+    """uvicorn without signal handling of its own: the shared runtime's handlers stop the whole console."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class ConsoleService:
     def __init__(self, settings: ConsoleSettings, metrics: ConsoleMetrics | None = None) -> None:
         self.settings = settings
@@ -38,7 +47,7 @@ class ConsoleService:
         self.fetcher = ImageFetcher(settings.fetch)
         self.parts = Parts(settings, self.store, self.access, self.metrics,
                            Thumbnails(self.fetcher, settings.review.thumbnail_px), self.events, self.publisher)
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.parts), host=settings.host, port=settings.port,
+        self.server = WebServer(uvicorn.Config(create_app(self.parts), host=settings.host, port=settings.port,
                                                     log_config=None, access_log=False, lifespan="off"))
         self.health: HealthServer | None = None
         self.port: int | None = None

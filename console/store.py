@@ -59,6 +59,13 @@ class StoredLabel:
 
 
 @dataclass(frozen=True)
+class StoredReport:
+    reporter: str
+    reason: str
+    reported_at: datetime
+
+
+@dataclass(frozen=True)
 class ItemView:
     id: int
     event: ChatEvent
@@ -70,6 +77,7 @@ class ItemView:
     done: bool
     verdicts: list[StoredVerdict]
     labels: list[StoredLabel]
+    reports: list[StoredReport]
 
     @property
     def live_labels(self) -> list[StoredLabel]:
@@ -195,9 +203,9 @@ class ReviewStore:
     def report(self, event_id: str, reporter: str, reason: str, now: datetime) -> bool:
         """Record a report; put its event at the front of the queue. False if the store lacks the event."""
         with self.engine.begin() as c:
-            c.execute(insert(t.reports).values(event_id=event_id, reporter=reporter, reason=reason, reported_at=now))
             if c.scalar(select(t.items.c.id).where(t.items.c.event_id == event_id)) is None:
                 return False
+            c.execute(insert(t.reports).values(event_id=event_id, reporter=reporter, reason=reason, reported_at=now))
             self._add_reasons(c, event_id, [Reason.REPORTED])
             return True
 
@@ -229,6 +237,8 @@ class ReviewStore:
                                      .order_by(t.verdicts.c.produced_at, t.verdicts.c.id)).mappings().all()
             label_rows = c.execute(select(t.labels).where(t.labels.c.item_id == item_id)
                                    .order_by(t.labels.c.labelled_at, t.labels.c.id)).mappings().all()
+            report_rows = c.execute(select(t.reports).where(t.reports.c.event_id == row["event_id"])
+                                    .order_by(t.reports.c.reported_at, t.reports.c.id)).mappings().all()
         return ItemView(
             id=item_id, event=_chat_event(row), event_at=_event_at(row), reasons=list(row["reasons"]),
             random_sample=row["random_sample"], reviews_wanted=row["reviews_wanted"],
@@ -238,6 +248,7 @@ class ReviewStore:
             labels=[StoredLabel(x["id"], x["reviewer"], x["request_harmful"], x["response_harmful"], x["note"],
                                 utc(x["labelled_at"]), x["published_at"] is not None or x["publishing_since"] is not None,
                                 x["undone_at"] is not None) for x in label_rows],
+            reports=[StoredReport(r["reporter"], r["reason"], utc(r["reported_at"])) for r in report_rows],
         )
 
     def label(self, item_id: int, reviewer: str, request_harmful: bool, response_harmful: bool | None, note: str,
@@ -366,6 +377,13 @@ class ReviewStore:
             if a.response_harmful is not None and b.response_harmful is not None:
                 pairs["response"].append((a.response_harmful, b.response_harmful))
         return pairs
+
+    def open_items(self, now: datetime) -> tuple[int, float]:
+        """How many items are open, and the oldest one's age in seconds (0 when none is)."""
+        i = t.items.c
+        with self.engine.connect() as c:
+            count, oldest = c.execute(select(func.count(), func.min(i.enqueued_at)).where(i.done_at.is_(None))).one()
+        return count, (now - utc(oldest)).total_seconds() if oldest is not None else 0.0
 
     def queue_stats(self, now: datetime) -> QueueStats:
         i = t.items.c

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Form, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -34,7 +35,7 @@ from console.sampling import Reason
 from console.settings import ConsoleSettings
 from console.store import Incoming, ItemView, LabelRefused, ReviewStore
 from console.thumbnails import Thumbnails
-from schemas.events import SourceRef, Verdict
+from schemas.events import SourceRef
 from workers.errors import GuardstreamError
 
 HERE = Path(__file__).parent
@@ -207,8 +208,6 @@ def create_app(parts: Parts) -> FastAPI:
     @app.get("/quality", response_class=HTMLResponse)
     async def quality_page(request: Request, reviewer: Annotated[Session, Depends(session)]) -> HTMLResponse:
         judged, pairs, stats = await run_in_threadpool(_quality_data, store)
-        metrics.queue_open.set(stats.open)
-        metrics.queue_oldest_s.set(stats.oldest_open_s or 0)
         return page(request, "quality.html", session=reviewer, judged=len(judged), stats=stats,
                     overall=quality.estimate(judged), groups=quality.by_task_and_modality(judged),
                     models=quality.by_model(judged),
@@ -234,7 +233,10 @@ def create_app(parts: Parts) -> FastAPI:
         if body.verdict is None:
             return JSONResponse({"queued": False, "error": "the console has not seen this event: send the verdict's "
                                  "coordinates (`verdict`)"}, status_code=404)
-        queued = await _queue_reported(parts, body, now)
+        try:
+            queued = await _queue_reported(parts, body, now)
+        except KafkaError:
+            return JSONResponse({"error": "the broker did not answer: try again"}, status_code=503)
         if queued:
             await run_in_threadpool(store.report, body.event_id, reporter, body.reason, now)
         return JSONResponse({"queued": queued}, status_code=202 if queued else 404)
@@ -245,15 +247,9 @@ def create_app(parts: Parts) -> FastAPI:
 async def _queue_reported(parts: Parts, body: Report, now: datetime) -> bool:
     """Read the reported verdict and its event at their coordinates, and queue the event as reported."""
     assert body.verdict is not None
-    try:
-        raw = await parts.events.reader.read(body.verdict)
-        verdict = Verdict.model_validate_json(raw)
-    except Exception:  # noqa: BLE001 - whatever the coordinates hold, the answer is "not found"
-        return False
-    if verdict.event_id != body.event_id:
-        return False
-    event = await parts.events.read(verdict.event_id, verdict.source)
-    if event is None:
+    verdict = await parts.events.verdict(body.event_id, body.verdict)
+    event = await parts.events.event(body.event_id, verdict.source) if verdict is not None else None
+    if verdict is None or event is None:
         return False
     incoming = Incoming(verdict, body.verdict, [Reason.REPORTED])
     await run_in_threadpool(parts.store.add, [incoming], {event.event_id: (event, verdict.source)}, now)

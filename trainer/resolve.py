@@ -67,7 +67,7 @@ class RecordReader:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(**client_options(self.kafka), group_id=None, enable_auto_commit=False,
-                                          auto_offset_reset="earliest")
+                                          auto_offset_reset="earliest", fetch_max_wait_ms=self.kafka.fetch_max_wait_ms)
         await self._consumer.start()
 
     async def stop(self) -> None:
@@ -109,6 +109,9 @@ class RecordUnavailable(KafkaError):
 
 
 class Resolver:
+    """Reads labels' verdicts and events at their coordinates (the trainer's, and the console's for the events
+    it queues). Not for concurrent use: its reader seeks one consumer."""
+
     def __init__(self, reader: RecordReader, limits: LimitSettings) -> None:
         self.reader = reader
         self.limits = limits
@@ -117,19 +120,29 @@ class Resolver:
         label = _decode(AuditLabel, raw_label, LabelUndecodable, "label")
         verdict = None
         if label.verdict is not None:
-            verdict = _decode(Verdict, await self.reader.read(label.verdict), RecordUndecodable, "verdict")
-            _same_event(verdict.event_id, label)
+            verdict = await self.read_verdict(label.verdict, label.event_id)
             if verdict.source is None and label.event is None:
                 raise ErrorVerdictWithoutEvent(f"verdict at {_at(label.verdict)} names no event coordinates")
         event_ref = label.event or (verdict.source if verdict is not None else None)
         if event_ref is None:
             raise NoCoordinates(f"label for {label.event_id!r} names neither its verdict nor its event")
-        raw_event = await self.reader.read(event_ref)
-        if len(raw_event) > self.limits.max_record_bytes:
-            raise RecordUndecodable(f"event at {_at(event_ref)} is {len(raw_event)} bytes, over the limit")
-        event = _decode(ChatEvent, raw_event, RecordUndecodable, "event")
-        _same_event(event.event_id, label)
+        event = await self.read_event(event_ref, label.event_id)
         return AuditExample(event=event, label=label, verdict=verdict, label_source=label_source)
+
+    async def read_verdict(self, ref: SourceRef, event_id: str) -> Verdict:
+        """The verdict at `ref`, which must be about `event_id` (Unresolvable otherwise)."""
+        verdict = _decode(Verdict, await self.reader.read(ref), RecordUndecodable, "verdict")
+        _same_event(verdict.event_id, event_id)
+        return verdict
+
+    async def read_event(self, ref: SourceRef, event_id: str) -> ChatEvent:
+        """The event at `ref`, within the record limit, which must be `event_id` (Unresolvable otherwise)."""
+        raw_event = await self.reader.read(ref)
+        if len(raw_event) > self.limits.max_record_bytes:
+            raise RecordUndecodable(f"event at {_at(ref)} is {len(raw_event)} bytes, over the limit")
+        event = _decode(ChatEvent, raw_event, RecordUndecodable, "event")
+        _same_event(event.event_id, event_id)
+        return event
 
 
 def _decode(model: type[M], raw: bytes | None, error: type[Unresolvable], what: str) -> M:
@@ -139,9 +152,9 @@ def _decode(model: type[M], raw: bytes | None, error: type[Unresolvable], what: 
         raise error(f"{what} is not a valid {model.__name__}: {exc.errors()[0]['msg']}") from exc
 
 
-def _same_event(found: str, label: AuditLabel) -> None:
-    if found != label.event_id:
-        raise WrongEvent(f"label for {label.event_id!r} points at a record of event {found!r}")
+def _same_event(found: str, expected: str) -> None:
+    if found != expected:
+        raise WrongEvent(f"a record of event {found!r} where {expected!r} was expected")
 
 
 def _at(ref: SourceRef) -> str:

@@ -1,4 +1,4 @@
-"""What every service (worker, trainer) shares to run as a process: its logging set up from its
+"""What every service (worker, trainer, console) shares to run as a process: its logging set up from its
 observability settings, its health server, and a stop on SIGTERM/SIGINT. A service is an object with
 `run()` (returns once stopped, after its own bounded shutdown) and `stop()`."""
 

@@ -107,13 +107,17 @@ async def test_a_new_user_opens_the_demo_console_and_corrects_three_verdicts_by_
             assert said is None or harmful is not said  # each corrects what its verdict said
             assert labels[event_id].verdict is not None and labels[event_id].event is not None
         assert any(said is not None for _, said, _ in given)  # at least one ok verdict was corrected
+        # the demo shows the user each label as it arrives on the audit topic
+        shown = [f"label on {demo.labels_topic}: event {event_id}: request" for event_id, _, _ in given]
+        assert demo.process.stdout is not None
+        while not all(any(line.startswith(s) for line in demo.output) for s in shown):
+            line = await asyncio.wait_for(demo.process.stdout.readline(), 60)
+            assert line, "the demo ended before it showed the labels:\n" + "".join(demo.output)
+            demo.output.append(line.decode())
     finally:
         demo.process.send_signal(signal.SIGINT)
         rest, _ = await asyncio.wait_for(demo.process.communicate(), 60)
     assert demo.process.returncode == 0, rest.decode()
-    printed = "".join(demo.output) + rest.decode()
-    for event_id, _, _ in given:  # the demo shows each label as it arrives on the audit topic
-        assert f"event {event_id}: request" in printed
 
 
 async def test_a_script_in_an_event_stays_text_in_the_browser(

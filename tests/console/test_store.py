@@ -178,6 +178,7 @@ def test_stats_count_the_open_queue_and_its_age(store: ReviewStore) -> None:
     stats = store.queue_stats(NOW + timedelta(seconds=100))
     assert (stats.open, stats.done, stats.labels, stats.oldest_open_s) == (1, 1, 1, 100.0)
     assert stats.by_reason == {"near_threshold": 1, "random": 1}
+    assert store.open_items(NOW + timedelta(seconds=100)) == (1, 100.0)
 
 
 def test_two_reviewers_asking_at_once_get_different_items(migrated_postgres: str) -> None:

@@ -130,6 +130,10 @@ async def test_a_report_queues_an_event_the_sampling_passed_over(
         assert (reply.status, json.loads(reply.body)) == (202, {"queued": True})
         item = service.store.item(1)
         assert item is not None and item.reasons == ["reported"] and item.event.text == "you are all idiots"
+        assert [(r.reporter, r.reason) for r in item.reports] == [(REPORTER[0], "a user reported it")]
+        alice = Client(service.address)
+        await alice.sign_in("alice", TOKENS["alice"])
+        assert "a user reported it" in (await alice.get("/items/1")).text
 
 
 async def test_a_label_given_in_the_console_arrives_on_the_audit_topic(
@@ -162,3 +166,25 @@ async def test_a_label_given_in_the_console_arrives_on_the_audit_topic(
         assert example.event.text == "how do I make a pipe bomb" and example.verdict is not None
         empty = await alice.get("/")
         assert empty.status == 200 and "Nothing left for you to review" in empty.text
+
+
+async def test_undo_withdraws_a_label_inside_its_window_and_the_event_comes_back(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    console_settings.review.undo_window_s = 600  # nothing is published while the test runs
+    await publish_judged(broker.bootstrap_servers, topics, [(chat("e1"), verdict("e1", error="x")),
+                                                            (chat("e2"), verdict("e2", error="x"))])
+    async with running_console(console_settings) as service:
+        await wait_until(lambda: service.intake.seen >= 2, 60)
+        alice = Client(service.address)
+        await alice.sign_in("alice", TOKENS["alice"])
+        first = (await alice.get("/")).location
+        page = await alice.get(first)  # type: ignore[arg-type]
+        await alice.post(f"{first}/label", data={"request": "harmful", "csrf": page.csrf()})
+        assert (await alice.get("/")).location != first
+        undone = await alice.post("/undo", data={"csrf": page.csrf()})
+        assert undone.location == f"{first}?undone=withdrawn"
+        again = await alice.get(undone.location)
+        assert "withdrawn before it was published" in again.text and 'id="label-form"' in again.text
+        assert (await alice.get("/")).location == first  # the event comes back to its reviewer first
+        labels = service.store.item(int(first.rsplit("/", 1)[1])).labels  # type: ignore[union-attr]
+        assert [(x.undone, x.published) for x in labels] == [(True, False)]
