@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -36,9 +39,47 @@ class CsrfRefused(Exception):
     """A form posted without this session's CSRF token."""
 
 
+class SignInThrottle:
+    """Failed sign-ins per (reviewer id, client address): after `max_failures` within `lockout_s`, that pair is
+    refused until the oldest of them is `lockout_s` old. Bounded: the oldest pairs are forgotten first."""
+
+    MAX_KEYS = 10_000
+
+    def __init__(self, max_failures: int, lockout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures = max_failures
+        self.lockout_s = lockout_s
+        self.clock = clock
+        self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+
+    def blocked(self, key: tuple[str, str]) -> bool:
+        failures = self._recent(key)
+        return failures is not None and len(failures) >= self.max_failures
+
+    def failed(self, key: tuple[str, str]) -> None:
+        failures = self._recent(key)
+        if failures is None:
+            failures = self._failures[key] = deque(maxlen=self.max_failures)
+        failures.append(self.clock())
+        self._failures.move_to_end(key)
+        while len(self._failures) > self.MAX_KEYS:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._failures.pop(key, None)
+
+    def _recent(self, key: tuple[str, str]) -> deque[float] | None:
+        failures = self._failures.get(key)
+        if failures is None:
+            return None
+        while failures and failures[0] <= self.clock() - self.lockout_s:
+            failures.popleft()
+        return failures
+
+
 class Access:
     def __init__(self, settings: AccessSettings) -> None:
         self.settings = settings
+        self.throttle = SignInThrottle(settings.max_failed_sign_ins, settings.lockout_s)
         secret = settings.session_secret.get_secret_value() if settings.session_secret else secrets.token_hex(32)
         self._sessions = URLSafeTimedSerializer(secret, salt="guardstream-console-session")
         self._signin = URLSafeTimedSerializer(secret, salt="guardstream-console-signin")

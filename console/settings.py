@@ -54,6 +54,9 @@ class AccessSettings(Section):
                                              "per process (a restart signs everyone out)")
     session_max_age_s: int = Field(12 * 3600, ge=60)
     cookie_secure: bool = Field(True, description="Secure cookies (browsers accept them on loopback http too)")
+    max_failed_sign_ins: int = Field(5, ge=1, description="failed sign-ins of one reviewer id from one address "
+                                     "before that pair is refused for lockout_s")
+    lockout_s: float = Field(300.0, gt=0)
 
     @field_validator("reviewers", "reporters")
     @classmethod

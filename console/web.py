@@ -127,9 +127,15 @@ def create_app(parts: Parts) -> FastAPI:
                      token: Annotated[str, Form(max_length=1024)], csrf: Annotated[str, Form()] = "") -> Response:
         if not same_token(access.signin_csrf(request.cookies.get(SIGNIN_COOKIE)), csrf):
             raise CsrfRefused()
+        who = (reviewer, request.client.host if request.client else "")
+        if access.throttle.blocked(who):
+            metrics.sign_in_failures.inc()
+            return signin_page(request, 429, "too many failed sign-ins: try again later")
         if not await run_in_threadpool(access.check_reviewer, reviewer, token):
+            access.throttle.failed(who)
             metrics.sign_in_failures.inc()
             return signin_page(request, 401, "unknown reviewer or wrong token")
+        access.throttle.succeeded(who)
         response = RedirectResponse("/", status_code=303)
         access.start_session(response, reviewer)
         return response

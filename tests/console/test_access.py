@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from console.auth import Access
+from console.auth import Access, SignInThrottle
 from console.passwords import hash_token, is_hash, new_token, verify
 from console.settings import AccessSettings, ConsoleSettings
 from workers.cli import app
@@ -50,3 +50,31 @@ def test_the_cli_hashes_a_token_and_refuses_to_start_without_reviewers(monkeypat
     monkeypatch.delenv("GUARDSTREAM_ACCESS__REVIEWERS", raising=False)
     refused = runner.invoke(app, ["console"])
     assert refused.exit_code == 2 and "no reviewers" in refused.output
+
+
+def test_repeated_failed_sign_ins_lock_that_reviewer_and_address_out_for_a_while() -> None:
+    now = [0.0]
+    throttle = SignInThrottle(max_failures=3, lockout_s=60, clock=lambda: now[0])
+    alice, other_address = ("alice", "127.0.0.1"), ("alice", "127.0.0.2")
+    for _ in range(3):
+        assert not throttle.blocked(alice)
+        throttle.failed(alice)
+        now[0] += 1
+    assert throttle.blocked(alice) and not throttle.blocked(other_address)
+    now[0] = 60.5  # the first failure is a minute old: one more try
+    assert not throttle.blocked(alice)
+    throttle.failed(alice)
+    assert throttle.blocked(alice)
+    throttle.succeeded(("bob", "127.0.0.1"))
+    now[0] = 200
+    assert not throttle.blocked(alice)
+    throttle.succeeded(alice)
+    assert not throttle._failures  # noqa: SLF001 - nothing kept for a reviewer who signed in
+
+
+def test_the_throttle_forgets_the_oldest_addresses_first() -> None:
+    throttle = SignInThrottle(max_failures=1, lockout_s=60, clock=lambda: 0.0)
+    throttle.MAX_KEYS = 3
+    for n in range(5):
+        throttle.failed((f"r{n}", "127.0.0.1"))
+    assert [throttle.blocked((f"r{n}", "127.0.0.1")) for n in range(5)] == [False, False, True, True, True]

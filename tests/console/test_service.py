@@ -11,18 +11,21 @@ import sys
 
 import aiohttp
 
+from console.migrate import current, head
 from console.passwords import hash_token
+from console.store import make_engine
 from tests.waiting import wait_until
 from topics.local_broker import LocalBroker, free_loopback_port
 from topics.registry import TopicNames
 
 
 async def test_the_console_runs_from_its_settings_answers_health_checks_and_stops_on_sigterm(
-        broker: LocalBroker, topics: TopicNames, tmp_path: object) -> None:
+        broker: LocalBroker, topics: TopicNames, empty_postgres: str) -> None:
+    """On PostgreSQL, from an empty database: the console migrates it at start."""
     health, web = free_loopback_port(), free_loopback_port()
     env = {**os.environ, "GUARDSTREAM_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
            "GUARDSTREAM_KAFKA__TOPIC_PREFIX": topics.prefix, "GUARDSTREAM_GROUP_ID": f"c-{topics.prefix}",
-           "GUARDSTREAM_DATABASE_URL": f"sqlite:///{tmp_path}/review.db", "GUARDSTREAM_PORT": str(web),
+           "GUARDSTREAM_DATABASE_URL": empty_postgres, "GUARDSTREAM_PORT": str(web),
            "GUARDSTREAM_OBSERVABILITY__HEALTH_PORT": str(health), "GUARDSTREAM_OBSERVABILITY__LOG_FORMAT": "json",
            "GUARDSTREAM_ACCESS__REVIEWERS": json.dumps({"alice": hash_token("t")}),
            "GUARDSTREAM_ACCESS__SESSION_SECRET": "a-secret-that-must-not-be-logged"}
@@ -51,3 +54,6 @@ async def test_the_console_runs_from_its_settings_answers_health_checks_and_stop
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, output.decode()
     assert b"console listening" in output and b"a-secret-that-must-not-be-logged" not in output
+    engine = make_engine(empty_postgres)
+    assert current(engine) == head()
+    engine.dispose()

@@ -40,6 +40,11 @@ async def test_nothing_is_served_to_anyone_not_signed_in(
         assert (await wrong.sign_in("mallory", TOKENS["alice"])).status == 401
         assert "guardstream_session" not in wrong.cookies
         assert (await wrong.get("/items/1")).status == 303
+        for _ in range(console_settings.access.max_failed_sign_ins - 1):
+            assert (await wrong.sign_in("alice", "guess")).status == 401
+        locked = await wrong.sign_in("alice", TOKENS["alice"])  # the right token, too late
+        assert locked.status == 429 and "guardstream_session" not in wrong.cookies
+        assert (await Client(service.address).sign_in("bob", TOKENS["bob"])).status == 303
 
 
 async def test_sign_in_sets_a_cookie_scripts_cannot_read_and_every_form_needs_its_csrf_token(
