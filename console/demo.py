@@ -76,8 +76,7 @@ async def serve_console(out: Console, kafka: KafkaSettings, folder: Path, fetch:
         with contextlib.suppress(asyncio.CancelledError):
             await labels
         await runner
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        # the handlers stay until the loop closes: a second Ctrl-C while the demo's worker drains is ignored
 
 
 async def _print_labels(out: Console, kafka: KafkaSettings, topic: str) -> None:

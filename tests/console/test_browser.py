@@ -42,7 +42,8 @@ async def start_demo() -> Demo:
     """`guardstream demo --console` as a user runs it, read until it prints where to sign in."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers", "demo", "--events", "32", "--show", "4", "--console", "--console-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "150"})
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "150"},
+        start_new_session=True)  # a process group of its own, as a terminal gives it
     assert process.stdout is not None
     output: list[str] = []
     while not output or not output[-1].startswith("press Ctrl-C"):
@@ -115,9 +116,10 @@ async def test_a_new_user_opens_the_demo_console_and_corrects_three_verdicts_by_
             assert line, "the demo ended before it showed the labels:\n" + "".join(demo.output)
             demo.output.append(line.decode())
     finally:
-        demo.process.send_signal(signal.SIGINT)
+        os.killpg(demo.process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets it
         rest, _ = await asyncio.wait_for(demo.process.communicate(), 60)
     assert demo.process.returncode == 0, rest.decode()
+    assert "Traceback" not in rest.decode() and "Connect call failed" not in rest.decode()  # a clean stop
 
 
 async def test_a_script_in_an_event_stays_text_in_the_browser(
