@@ -1,32 +1,37 @@
 """Verdicts into the review store: consume `moderation.verdicts`, apply the sampling policy, read each newly
 queued event at its coordinates (`verdict.source`), store, then commit.
 
-A verdict that does not decode, or whose event cannot be read (gone by retention, or of another event), is
-counted and logged, and the consumer moves on: the console must not stop on one bad record. A broker that
-does not answer leaves the poll uncommitted; the consumer retries it.
+A verdict that does not decode, whose event cannot be read (gone by retention, or of another event), or that
+the database refuses, is counted and logged, and the consumer moves on: the console must not stop on one bad
+record. A broker or database that does not answer leaves the poll uncommitted; the consumer rewinds to it
+and reads it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from console.metrics import ConsoleMetrics
 from console.sampling import reasons_for
 from console.settings import ConsoleSettings
-from console.store import Incoming, ReviewStore
+from console.store import Incoming, ReviewStore, storable_model
 from schemas.events import ChatEvent, SourceRef, Verdict
 from topics.registry import TopicNames
 from trainer.resolve import NoCoordinates, RecordReader, Resolver, Unresolvable
 from workers.kafka_clients import client_options, stop_consumer
 
 log = structlog.get_logger("guardstream.console.intake")
+UNAVAILABLE = (KafkaError, OperationalError, InterfaceError)  # the broker's or the database's trouble: retried
+RETRY_AFTER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ def decode(records: list[ConsumerRecord[bytes, bytes]], settings: ConsoleSetting
     for record in records:
         at = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
-            verdict = Verdict.model_validate_json(record.value or b"")
+            verdict = storable_model(Verdict.model_validate_json(record.value or b""))
         except ValidationError as exc:
             undecodable += 1
             log.warning("verdict undecodable", at=f"{at.topic}[{at.partition}]@{at.offset}",
@@ -72,14 +77,14 @@ class EventReader:
             return self._unreadable(event_id, NoCoordinates("the verdict names no event coordinates"))
         try:
             async with self._lock:
-                return await self.resolver.read_event(at, event_id)
+                return storable_model(await self.resolver.read_event(at, event_id))
         except Unresolvable as exc:
             return self._unreadable(event_id, exc)
 
     async def verdict(self, event_id: str, at: SourceRef) -> Verdict | None:
         try:
             async with self._lock:
-                return await self.resolver.read_verdict(at, event_id)
+                return storable_model(await self.resolver.read_verdict(at, event_id))
         except Unresolvable as exc:
             return self._unreadable(event_id, exc)
 
@@ -112,25 +117,40 @@ class VerdictIntake:
         await self.consumer.start()
         try:
             while not self._stopping.is_set():
-                try:
-                    await self.poll_once()
-                except KafkaError as exc:  # the broker's trouble: retry the uncommitted poll
-                    self.metrics.intake_errors.labels(type(exc).__name__).inc()
-                    log.warning("intake poll failed; retrying", error=type(exc).__name__)
-                    await self._seek_to_committed()
-                    await asyncio.sleep(1.0)
+                await self.poll_once()
         finally:
             await stop_consumer(self.consumer)
 
     async def poll_once(self) -> int:
+        """Read a poll's verdicts into the store and commit them; on a broker or database that does not answer,
+        rewind to the poll's first records and return 0 (they are read again)."""
         assert self.consumer is not None, "run() polls"
-        batches = await self.consumer.getmany(timeout_ms=self.settings.kafka.poll_timeout_ms,
-                                              max_records=self.settings.kafka.max_poll_records)
-        if self.consumer.assignment():
-            self.assigned.set()
-        records = [r for rs in batches.values() for r in rs]
-        if not records:
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        try:
+            batches = await self.consumer.getmany(timeout_ms=self.settings.kafka.poll_timeout_ms,
+                                                  max_records=self.settings.kafka.max_poll_records)
+            if self.consumer.assignment():
+                self.assigned.set()
+            records = [r for rs in batches.values() for r in rs]
+            if not records:
+                return 0
+            added = await self._take(records)
+            await self.consumer.commit()
+        except UNAVAILABLE as exc:
+            self.metrics.intake_errors.labels(type(exc).__name__).inc()
+            log.warning("verdicts not stored; reading them again", error=type(exc).__name__, records=len(records))
+            self._rewind(batches)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RETRY_AFTER_S)
             return 0
+        self.seen += len(records)
+        count, oldest_s = await asyncio.to_thread(self.store.open_items, datetime.now(UTC))
+        self.metrics.queue_open.set(count)
+        self.metrics.queue_oldest_s.set(oldest_s)
+        return added
+
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
         polled = decode(records, self.settings)
         self.metrics.verdicts_undecodable.inc(polled.undecodable)
         self.metrics.verdicts_seen.inc(len(records))
@@ -142,21 +162,31 @@ class VerdictIntake:
                 event = await self.events.event(event_id, one.verdict.source)
                 if event is not None:
                     events[event_id] = (event, one.verdict.source)
-        added = await asyncio.to_thread(self.store.add, polled.incoming, events, datetime.now(UTC))
+        now = datetime.now(UTC)
+        try:
+            added = await asyncio.to_thread(self.store.add, polled.incoming, events, now)
+        except UNAVAILABLE:
+            raise
+        except DBAPIError:  # one record the database refuses: store the others one by one, skip that one
+            added = 0
+            for one in polled.incoming:
+                try:
+                    added += await asyncio.to_thread(self.store.add, [one], events, now)
+                except UNAVAILABLE:
+                    raise
+                except DBAPIError as exc:
+                    self.metrics.verdicts_refused.inc()
+                    log.warning("verdict refused by the review store: skipped", event_id=one.verdict.event_id,
+                                at=f"{one.at.topic}[{one.at.partition}]@{one.at.offset}", error=type(exc.orig).__name__)
         for one in polled.incoming:
             if one.verdict.event_id in events:
                 for reason in one.reasons:
                     self.metrics.queued.labels(str(reason)).inc()
-        await self.consumer.commit()
-        self.seen += len(records)
-        count, oldest_s = await asyncio.to_thread(self.store.open_items, datetime.now(UTC))
-        self.metrics.queue_open.set(count)
-        self.metrics.queue_oldest_s.set(oldest_s)
         return added
 
-    async def _seek_to_committed(self) -> None:
+    def _rewind(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         assert self.consumer is not None
-        for tp in self.consumer.assignment():
-            committed = await self.consumer.committed(tp)
-            if committed is not None:
-                self.consumer.seek(tp, committed)
+        for tp, batch in batches.items():
+            if batch:
+                with contextlib.suppress(IllegalStateError, ValueError):  # revoked meanwhile: its new owner reads it
+                    self.consumer.seek(tp, batch[0].offset)

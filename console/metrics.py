@@ -17,6 +17,8 @@ class ConsoleMetrics:
                                      registry=r)
         self.verdicts_undecodable = Counter("guardstream_console_verdicts_undecodable", "Verdict records that did "
                                             "not decode (skipped)", registry=r)
+        self.verdicts_refused = Counter("guardstream_console_verdicts_refused", "Verdicts the review store refused "
+                                        "(skipped)", registry=r)
         self.queued = Counter("guardstream_console_queued", "Events queued for review, by sampling rule",
                               ["reason"], registry=r)
         self.events_unreadable = Counter("guardstream_console_events_unreadable", "Sampled verdicts whose event "

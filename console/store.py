@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -25,9 +26,15 @@ from console.quality import Judged
 from console.sampling import PRIORITY, Reason, wants_two_reviews
 from schemas.events import AuditLabel, ChatEvent, ImageRef, SourceRef, StageVerdict, Verdict
 
+M = TypeVar("M", bound=BaseModel)
+
 
 class LabelRefused(Exception):
     """A label the store will not take; the message says why, for the reviewer."""
+
+
+class NoSuchItem(LabelRefused):
+    """An item id the queue does not have."""
 
 
 @dataclass(frozen=True)
@@ -110,24 +117,54 @@ class QueueStats:
     disputed: list[int] = field(default_factory=list)
 
 
+def storable(text: str) -> str:
+    """PostgreSQL's text cannot hold NUL: it becomes U+FFFD (shown, never silently dropped)."""
+    return text.replace("\x00", "\ufffd")
+
+
+def storable_model(model: M) -> M:
+    """`model` with every NUL in its strings replaced (the same model when it has none)."""
+    if "\\u0000" not in model.model_dump_json():  # NUL is escaped so in JSON: this finds it anywhere
+        return model
+    return type(model).model_validate(_replace_nul(model.model_dump()))
+
+
+def _replace_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {_replace_nul(k): _replace_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_nul(v) for v in value]
+    return value
+
+
 def utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything the store writes is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    """In UTC: what the store writes is UTC, and SQLite hands it back naive."""
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    """PostgreSQL sessions in UTC; SQLite transactions that take the write lock when they begin (BEGIN
+    IMMEDIATE), so a claim's read and its write are one step there too, as FOR UPDATE makes them on PostgreSQL."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                             connect_args={"options": "-c timezone=UTC"})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
-        @event.listens_for(engine, "connect")
-        def _pragmas(connection: Any, _: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.close()
+    @event.listens_for(engine, "connect")
+    def _connect(connection: Any, _: Any) -> None:
+        connection.isolation_level = None  # the driver's own BEGIN off: SQLAlchemy's begin event below issues it
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
 
 
 def _insert_new(connection: Connection, table: t.Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -187,7 +224,7 @@ class ReviewStore:
 
     def _item_row(self, event_id: str, reasons: Sequence[Reason], now: datetime) -> dict[str, Any]:
         return {"event_id": event_id, "reasons": sorted({str(r) for r in reasons}, key=lambda r: PRIORITY[Reason(r)]),
-                "priority": min(PRIORITY[Reason(r)] for r in reasons), "random_sample": Reason.RANDOM in reasons,
+                "priority": priority(reasons), "random_sample": Reason.RANDOM in reasons,
                 "reviews_wanted": 2 if wants_two_reviews(event_id, self.double_review_rate) else 1,
                 "enqueued_at": now}
 
@@ -198,15 +235,22 @@ class ReviewStore:
         merged = sorted({*row.reasons, *(str(r) for r in reasons)}, key=lambda r: PRIORITY[Reason(r)])
         if merged != list(row.reasons):
             c.execute(update(t.items).where(t.items.c.id == row.id).values(
-                reasons=merged, priority=min(PRIORITY[Reason(r)] for r in merged)))
+                reasons=merged, priority=priority([Reason(r) for r in merged])))
 
     def report(self, event_id: str, reporter: str, reason: str, now: datetime) -> bool:
-        """Record a report; put its event at the front of the queue. False if the store lacks the event."""
+        """Record a report; put its event at the front of the queue (reopened if it was reviewed). False if the
+        store lacks the event."""
         with self.engine.begin() as c:
-            if c.scalar(select(t.items.c.id).where(t.items.c.event_id == event_id)) is None:
+            item = c.execute(select(t.items.c.id, t.items.c.done_at).where(t.items.c.event_id == event_id)
+                             .with_for_update()).one_or_none()
+            if item is None:
                 return False
             c.execute(insert(t.reports).values(event_id=event_id, reporter=reporter, reason=reason, reported_at=now))
             self._add_reasons(c, event_id, [Reason.REPORTED])
+            if item.done_at is not None:  # reviewed already: a report asks for one more look
+                live = c.scalar(select(func.count()).select_from(t.labels).where(
+                    t.labels.c.item_id == item.id, t.labels.c.undone_at.is_(None)))
+                c.execute(update(t.items).where(t.items.c.id == item.id).values(done_at=None, reviews_wanted=live + 1))
             return True
 
     # -- reviewing ------------------------------------------------------------------------------------------
@@ -226,6 +270,11 @@ class ReviewStore:
                 c.execute(update(t.items).where(i.id == item_id).values(claimed_by=reviewer,
                                                                          claimed_until=now + self.claim))
             return item_id
+
+    def item_of(self, event_id: str) -> ItemView | None:
+        with self.engine.connect() as c:
+            item_id = c.scalar(select(t.items.c.id).where(t.items.c.event_id == event_id))
+        return None if item_id is None else self.item(item_id)
 
     def item(self, item_id: int) -> ItemView | None:
         with self.engine.connect() as c:
@@ -265,7 +314,7 @@ class ReviewStore:
                              .join(t.events, t.events.c.event_id == t.items.c.event_id)
                              .where(t.items.c.id == item_id).with_for_update(of=t.items)).one_or_none()
             if item is None:
-                raise LabelRefused(f"there is no item {item_id}")
+                raise NoSuchItem(f"there is no item {item_id}")
             if item.response is None and response_harmful is not None:
                 raise LabelRefused("this event has no response to label")
             if item.response is not None and response_harmful is None:
@@ -284,13 +333,15 @@ class ReviewStore:
 
     def skip(self, item_id: int, reviewer: str, now: datetime) -> None:
         with self.engine.begin() as c:
+            if c.scalar(select(t.items.c.id).where(t.items.c.id == item_id)) is None:
+                raise NoSuchItem(f"there is no item {item_id}")
             _insert_new(c, t.skips, [{"item_id": item_id, "reviewer": reviewer, "skipped_at": now}],
                         ["item_id", "reviewer"])
             c.execute(update(t.items).where(t.items.c.id == item_id, t.items.c.claimed_by == reviewer)
                       .values(claimed_by=None, claimed_until=None))
 
     def undo_last(self, reviewer: str, now: datetime) -> Undone | None:
-        """Undo `reviewer`'s latest live label (and forget their skips since it, so they see them again)."""
+        """Undo `reviewer`'s latest live label; its item goes back to them first."""
         with self.engine.begin() as c:
             label = c.execute(select(t.labels).where(t.labels.c.reviewer == reviewer, t.labels.c.undone_at.is_(None))
                               .order_by(t.labels.c.labelled_at.desc(), t.labels.c.id.desc()).limit(1)
@@ -408,9 +459,18 @@ class ReviewStore:
         return stats
 
 
+def priority(reasons: Sequence[Reason]) -> int:
+    """The queue's order. A random-sample item keeps the random rank whatever else it is (only a report moves
+    it forward): random items are then labelled first come, first served, and the labelled part of the
+    sample stays uniform, not enriched with the hard cases other rules single out."""
+    if Reason.RANDOM in reasons and Reason.REPORTED not in reasons:
+        return PRIORITY[Reason.RANDOM]
+    return min(PRIORITY[r] for r in reasons)
+
+
 def _event_row(chat: ChatEvent, at: SourceRef | None) -> dict[str, Any]:
     return {"event_id": chat.event_id, "conversation_id": chat.conversation_id, "tenant": chat.tenant,
-            "created_at": chat.created_at, "text": chat.text, "response": chat.response,
+            "created_at": utc(chat.created_at), "text": chat.text, "response": chat.response,
             "images": [image.model_dump(mode="json") for image in chat.images],
             "modality": "image" if chat.images else "text",
             "source_topic": at.topic if at else None, "source_partition": at.partition if at else None,
@@ -424,7 +484,7 @@ def _verdict_row(v: Verdict, at: SourceRef) -> dict[str, Any]:
             "model_name": v.model.name, "model_version": v.model.version, "policy_version": v.policy_version,
             "decided_by": v.decided_by, "cache_hit": v.cache_hit, "error_code": v.error.code if v.error else None,
             "timings_ms": dict(v.timings_ms), "stages": [s.model_dump(mode="json") for s in v.stages],
-            "produced_at": v.produced_at}
+            "produced_at": utc(v.produced_at)}
 
 
 def _chat_event(row: Any) -> ChatEvent:

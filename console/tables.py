@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -34,7 +35,7 @@ events = Table(
     Column("modality", String(8), nullable=False),  # text | image
     Column("source_topic", String(256), nullable=True),
     Column("source_partition", Integer, nullable=True),
-    Column("source_offset", Integer, nullable=True),
+    Column("source_offset", BigInteger, nullable=True),
 )
 
 verdicts = Table(
@@ -43,17 +44,17 @@ verdicts = Table(
     Column("event_id", String(256), ForeignKey("events.event_id"), nullable=False, index=True),
     Column("topic", String(256), nullable=False),
     Column("partition", Integer, nullable=False),
-    Column("offset", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),
     Column("request_harmful", Boolean, nullable=True),
     Column("response_harmful", Boolean, nullable=True),
     Column("request_score", Float, nullable=True),
     Column("response_score", Float, nullable=True),
     Column("reasoning", Text, nullable=False),
-    Column("model_name", String(256), nullable=False),
-    Column("model_version", String(256), nullable=False),
-    Column("policy_version", String(256), nullable=False),
-    Column("decided_by", String(256), nullable=True),
+    Column("model_name", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("policy_version", Text, nullable=False),
+    Column("decided_by", Text, nullable=True),
     Column("cache_hit", Boolean, nullable=False),
     Column("error_code", String(64), nullable=True),
     Column("timings_ms", JSON, nullable=False),

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -46,8 +47,13 @@ def press(driver: WebDriver, keys: str) -> None:
     ActionChains(driver).send_keys(keys).perform()
 
 
+def waiting(driver: WebDriver, timeout_s: float = 30) -> WebDriverWait:
+    """A wait that looks again when the page was replaced under it (a form sent, a redirect followed)."""
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def wait_for(driver: WebDriver, css: str, timeout_s: float = 30) -> object:
-    return WebDriverWait(driver, timeout_s).until(lambda d: d.find_elements(By.CSS_SELECTOR, css) or None)
+    return waiting(driver, timeout_s).until(lambda d: d.find_elements(By.CSS_SELECTOR, css) or None)
 
 
 def sign_in(driver: WebDriver, address: str, reviewer: str, token: str) -> None:
@@ -56,7 +62,7 @@ def sign_in(driver: WebDriver, address: str, reviewer: str, token: str) -> None:
     driver.find_element(By.ID, "reviewer-id").send_keys(reviewer)
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "signin").click()
-    WebDriverWait(driver, 30).until(lambda d: "/signin" not in d.current_url)
+    waiting(driver).until(lambda d: "/signin" not in d.current_url)
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,16 +97,16 @@ def chat(event_id: str, text: str = "hello", *, response: str | None = None, ima
 
 def verdict(event_id: str, *, harmful: bool = False, response_harmful: bool | None = None, score: float = 0.2,
             error: str | None = None, model: str = "1", at: int = 0, stages: list[StageVerdict] | None = None,
-            produced_at: datetime = NOW, reasoning: str = "the request asks for nothing harmful") -> Verdict:
+            produced_at: datetime = NOW, reasoning: str | None = None) -> Verdict:
     common = {"event_id": event_id, "conversation_id": f"c-{event_id}", "tenant": "default",
               "model": ModelRef(name="guardstream-lite", version=model), "policy_version": "1",
               "produced_at": produced_at, "source": SourceRef(topic="chat.events", partition=0, offset=at),
               "stages": stages or [], "timings_ms": {"guard": 12.5}}
     if error:
         return Verdict(**common, status=VerdictStatus.ERROR, error=ErrorInfo(code=error, message="not moderated"),
-                       reasoning="not moderated")
+                       reasoning="not moderated" if reasoning is None else reasoning)
     return Verdict(**common, status=VerdictStatus.OK, request_harmful=harmful, response_harmful=response_harmful,
-                   request_score=score, reasoning=reasoning)
+                   request_score=score, reasoning="the request asks for nothing harmful" if reasoning is None else reasoning)
 
 
 def incoming(v: Verdict, offset: int, reasons: list[Reason]) -> Incoming:
@@ -162,9 +162,10 @@ async def running_console(settings: ConsoleSettings) -> AsyncIterator[ConsoleSer
         await asyncio.wait_for(runner, 60)
 
 
-async def publish_judged(bootstrap: str, topics: TopicNames, judged: list[tuple[ChatEvent, Verdict]]) -> list[SourceRef]:
+async def publish_judged(bootstrap: str, topics: TopicNames, judged: list[tuple[ChatEvent, Verdict]],
+                         tamper: Callable[[str], str] = str) -> list[SourceRef]:
     """Each event on the events topic, then its verdict (whose `source` is set to where the event landed) on the
-    verdicts topic, as a worker would; the verdicts' coordinates."""
+    verdicts topic, as a worker would (its JSON passed through `tamper`); the verdicts' coordinates."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -174,7 +175,7 @@ async def publish_judged(bootstrap: str, topics: TopicNames, judged: list[tuple[
                                                   key=event.event_id.encode())
             source = SourceRef(topic=placed.topic, partition=placed.partition, offset=placed.offset)
             answer = v.model_copy(update={"source": source})
-            done = await producer.send_and_wait(topics.verdicts, answer.model_dump_json().encode(),
+            done = await producer.send_and_wait(topics.verdicts, tamper(answer.model_dump_json()).encode(),
                                                 key=event.event_id.encode())
             at.append(SourceRef(topic=done.topic, partition=done.partition, offset=done.offset))
         return at

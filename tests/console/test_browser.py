@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
 
 from console.settings import ConsoleSettings
 from schemas.events import AuditLabel
-from tests.console.browser import chromium, press, screenshot, sign_in, wait_for
+from tests.console.browser import chromium, press, screenshot, sign_in, wait_for, waiting
 from tests.console.conftest import TOKENS, chat, publish_judged, running_console, verdict
 from tests.kafka_io import read_topic
 from tests.waiting import wait_until
@@ -69,7 +68,7 @@ def label_by_keyboard(driver: WebDriver) -> tuple[str, bool | None, bool]:
     if driver.find_elements(By.ID, "response-harmful"):
         keys += "3" if harmful else "4"
     press(driver, keys)  # the form is sent once every part is chosen
-    WebDriverWait(driver, 30).until(
+    waiting(driver).until(
         lambda d: not d.find_elements(By.ID, "item") or d.find_element(By.ID, "item").get_attribute("data-item") != item)
     return event_id, said, harmful
 

@@ -3,11 +3,13 @@ events are read at their coordinates, and that bad records are skipped, counted,
 
 from __future__ import annotations
 
+import psycopg
 from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
 
 from console.settings import ConsoleSettings
 from schemas.events import SourceRef, StageVerdict
-from tests.console.conftest import chat, publish_judged, running_console, verdict
+from tests.console.conftest import POSTGRES_ADMIN, chat, publish_judged, running_console, verdict
 from tests.waiting import wait_until
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
@@ -46,7 +48,7 @@ async def test_the_policy_queues_errors_near_threshold_and_disagreements_with_th
         store = service.store
         queued = store.events_with_items([e.event_id for e, _ in judged] + ["liar"])
         assert queued == {"err", "near", "split", "esc"}
-        items = {item.event.event_id: item for item in map(store.item, range(1, 5)) if item is not None}
+        items = {e.event_id: store.item_of(e.event_id) for e, _ in judged if store.item_of(e.event_id)}
         assert {event_id: item.reasons for event_id, item in items.items()} == {
             "err": ["error"], "near": ["near_threshold"], "split": ["disagreement", "escalated"], "esc": ["escalated"]}
         assert {event_id: item.event.text for event_id, item in items.items()} == {e.event_id: e.text for e, _ in
@@ -66,3 +68,43 @@ async def test_a_restarted_console_resumes_after_what_it_stored(
         await wait_until(lambda: service.intake.seen >= 1, 60, "the second verdict read")
         assert service.intake.seen == 1  # the first was committed: not read again
         assert service.store.events_with_items(["a", "b"]) == {"a", "b"}
+
+
+async def test_on_postgresql_a_nul_is_kept_visible_and_a_record_the_database_refuses_is_skipped(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings, empty_postgres: str) -> None:
+    console_settings.database_url = SecretStr(empty_postgres)
+    await publish_judged(broker.bootstrap_servers, topics, [
+        (chat("nul", "hi\x00there", response="ok\x00"), verdict("nul", error="x", reasoning="why\x00")),
+        (chat("fine", "a fine event"), verdict("fine", error="x"))])
+    await publish_judged(broker.bootstrap_servers, topics, [(chat("nan", "poison"), verdict("nan", error="x"))],
+                         tamper=lambda v: v.replace('"guard":12.5', '"guard":NaN'))  # PostgreSQL's JSON has no NaN
+    await publish_judged(broker.bootstrap_servers, topics, [(chat("after", "after the poison"),
+                                                             verdict("after", error="x"))])
+    async with running_console(console_settings) as service:
+        await wait_until(lambda: service.intake.seen >= 4, 60, "every verdict read and committed")
+        store = service.store
+        assert store.events_with_items(["nul", "fine", "nan", "after"]) == {"nul", "fine", "after"}
+        assert _count(service, "guardstream_console_verdicts_refused_total") == 1
+        nul = store.item_of("nul")
+        assert nul is not None and (nul.event.text, nul.event.response) == ("hi\ufffdthere", "ok\ufffd")
+        assert nul.verdicts[0].verdict.reasoning == "why\ufffd"
+
+
+async def test_a_database_that_stops_answering_costs_no_verdict(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings, empty_postgres: str) -> None:
+    console_settings.database_url = SecretStr(empty_postgres)
+    database = empty_postgres.rsplit("/", 1)[1]
+    async with running_console(console_settings) as service:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+            await publish_judged(broker.bootstrap_servers, topics, [(chat("e1", "while the database was away"),
+                                                                     verdict("e1", error="x"))])
+            await wait_until(lambda: _count(service, "guardstream_console_intake_errors_total") >= 1, 60,
+                             "the intake noticed the database was gone")
+            assert service.intake.seen == 0
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await wait_until(lambda: service.intake.seen >= 1, 60, "the verdict read again and stored")
+        item = service.store.item_of("e1")
+        assert item is not None and item.event.text == "while the database was away"
+        assert len(item.verdicts) == 1

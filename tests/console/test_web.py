@@ -86,7 +86,7 @@ async def test_attacker_text_is_escaped_and_no_inline_script_may_run(
                                                  "note": SCRIPT, "csrf": (await alice.get("/items/1")).csrf()})
         page = await alice.get("/items/1")
         assert "<script>window" not in page.text and "<img src=x" not in page.text
-        assert page.text.count("&lt;script&gt;window.pwned = 1&lt;/script&gt;") == 3  # text, response, note
+        assert page.text.count("&lt;script&gt;window.pwned = 1&lt;/script&gt;") == 4  # text, response, reasoning, note
         policy = page.headers["Content-Security-Policy"]
         assert "script-src 'self'" in policy and "unsafe-inline" not in policy
 
