@@ -8,8 +8,10 @@ unsigned: a page without a valid session redirects to the sign-in page, an image
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -81,6 +83,8 @@ class Access:
         self.settings = settings
         self.throttle = SignInThrottle(settings.max_failed_sign_ins, settings.lockout_s)
         secret = settings.session_secret.get_secret_value() if settings.session_secret else secrets.token_hex(32)
+        self._secret = secret.encode()
+        self._hashing = threading.BoundedSemaphore(4)
         self._sessions = URLSafeTimedSerializer(secret, salt="guardstream-console-session")
         self._signin = URLSafeTimedSerializer(secret, salt="guardstream-console-signin")
 
@@ -89,7 +93,7 @@ class Access:
     def check_reviewer(self, reviewer: str, token: str) -> bool:
         hashed = self.settings.reviewers.get(reviewer)
         # an unknown reviewer is checked against a hash anyway, so the answer takes as long either way
-        return verify(token, hashed or _DUMMY_HASH) and hashed is not None
+        return self._verify(token, hashed or _DUMMY_HASH) and hashed is not None
 
     def check_reporter(self, authorization: str | None) -> str | None:
         """The reporter a bearer token belongs to (reporter id and token as `id:token`), or None."""
@@ -97,7 +101,16 @@ class Access:
             return None
         reporter, _, token = authorization.removeprefix("Bearer ").partition(":")
         hashed = self.settings.reporters.get(reporter)
-        return reporter if verify(token, hashed or _DUMMY_HASH) and hashed is not None else None
+        return reporter if self._verify(token, hashed or _DUMMY_HASH) and hashed is not None else None
+
+    def _verify(self, token: str, hashed: str) -> bool:
+        with self._hashing:  # scrypt takes 16 MiB and tens of ms: a few at a time, whatever the load
+            return verify(token, hashed)
+
+    def _fingerprint(self, reviewer: str) -> str:
+        """Changes when the reviewer's token hash does: a new token signs out every session of the old one."""
+        hashed = self.settings.reviewers.get(reviewer, "")
+        return hmac.new(self._secret, hashed.encode(), hashlib.sha256).hexdigest()[:32]
 
     # -- cookies --------------------------------------------------------------------------------------------
 
@@ -110,10 +123,12 @@ class Access:
             raise NotSignedIn() from exc
         if not isinstance(data, dict) or data.get("r") not in self.settings.reviewers:
             raise NotSignedIn()  # a reviewer removed from settings is signed out
+        if not same_token(self._fingerprint(data["r"]), data.get("h")):
+            raise NotSignedIn()  # and one whose token was replaced
         return Session(reviewer=data["r"], csrf=data["c"])
 
     def start_session(self, response: Response, reviewer: str) -> None:
-        value = self._sessions.dumps({"r": reviewer, "c": secrets.token_urlsafe(24)})
+        value = self._sessions.dumps({"r": reviewer, "c": secrets.token_urlsafe(24), "h": self._fingerprint(reviewer)})
         self._set(response, SESSION_COOKIE, value, self.settings.session_max_age_s)
         response.delete_cookie(SIGNIN_COOKIE, path="/")
 

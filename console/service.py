@@ -47,8 +47,10 @@ class ConsoleService:
         self.fetcher = ImageFetcher(settings.fetch)
         self.parts = Parts(settings, self.store, self.access, self.metrics,
                            Thumbnails(self.fetcher, settings.review.thumbnail_px), self.events, self.publisher)
-        self.server = WebServer(uvicorn.Config(create_app(self.parts), host=settings.host, port=settings.port,
-                                                    log_config=None, access_log=False, lifespan="off"))
+        self.server = WebServer(uvicorn.Config(
+            create_app(self.parts), host=settings.host, port=settings.port, log_config=None, access_log=False,
+            lifespan="off", proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips or None))
         self.health: HealthServer | None = None
         self.port: int | None = None
         self.started = asyncio.Event()

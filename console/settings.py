@@ -37,7 +37,8 @@ class SamplingSettings(Section):
 
 class ReviewSettings(Section):
     undo_window_s: float = Field(10.0, ge=0, description="a label waits this long before it is published; undo "
-                                 "within it withdraws the label, later undo publishes the correction")
+                                 "within it withdraws the label, a later undo reopens the event for a new label "
+                                 "that supersedes it")
     max_note_chars: int = Field(4_000, ge=0, le=4_000)
     thumbnail_px: int = Field(320, ge=16, le=2048, description="longer side of image thumbnails")
     claim_s: float = Field(300.0, gt=0, description="an item shown to a reviewer is not offered to another "
@@ -78,6 +79,8 @@ class ConsoleSettings(ServiceSettings):
     migrate_on_start: bool = Field(True, description="bring the review store's schema up to date at start")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    forwarded_allow_ips: str = Field("", description="addresses of the TLS proxies in front, whose X-Forwarded-For "
+                                     "is trusted for the client's address (the sign-in throttle keys on it)")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)

@@ -15,11 +15,11 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from aiokafka.errors import KafkaError
-from fastapi import Depends, FastAPI, Form, Header, Request
+from fastapi import Depends, FastAPI, Form, Header, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -33,12 +33,12 @@ from console.metrics import ConsoleMetrics
 from console.outbox import LabelPublisher
 from console.sampling import Reason
 from console.settings import ConsoleSettings
-from console.store import Incoming, ItemView, LabelRefused, ReviewStore
+from console.store import Incoming, ItemView, LabelRefused, NoSuchItem, ReviewStore, storable
 from console.thumbnails import Thumbnails
 from schemas.events import SourceRef
 from workers.errors import GuardstreamError
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 PAGES = {"next_item", "item_page", "quality_page"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -63,13 +63,23 @@ class Parts:
     publisher: LabelPublisher | None = None
 
 
+ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+MAX_FORM_BYTES = 64 * 1024  # a label's note is at most 4,000 characters
+
+
+class Coordinates(BaseModel):
+    topic: str = Field(min_length=1, max_length=249)
+    partition: int = Field(ge=0, le=2**31 - 1)
+    offset: int = Field(ge=0, le=2**63 - 1)
+
+
 class Report(BaseModel):
     """A downstream user's report: the event, and the verdict they received (so the console can find an event
     it did not sample)."""
 
     event_id: str = Field(min_length=1, max_length=256)
     reason: str = Field("", max_length=2_000)
-    verdict: SourceRef | None = None
+    verdict: Coordinates | None = None
 
 
 def create_app(parts: Parts) -> FastAPI:
@@ -81,7 +91,12 @@ def create_app(parts: Parts) -> FastAPI:
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
+        declared = request.headers.get("content-length", "0")
+        if request.method == "POST" and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
+            response: Response = Response("a form or report is at most 64 KiB, with its length declared",
+                                          status_code=413, media_type="text/plain")
+        else:
+            response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
@@ -157,7 +172,7 @@ def create_app(parts: Parts) -> FastAPI:
         return page(request, "empty.html", session=reviewer, stats=stats)
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
-    async def item_page(request: Request, item_id: int, reviewer: Annotated[Session, Depends(session)],
+    async def item_page(request: Request, item_id: ItemId, reviewer: Annotated[Session, Depends(session)],
                         undone: str = "") -> HTMLResponse:
         item = await run_in_threadpool(store.item, item_id)
         if item is None:
@@ -167,7 +182,7 @@ def create_app(parts: Parts) -> FastAPI:
                     others_visible=mine is not None or item.done, note_limit=parts.settings.review.max_note_chars)
 
     @app.post("/items/{item_id}/label")
-    async def label(request: Request, item_id: int, reviewer: Annotated[Session, Depends(checked)],
+    async def label(request: Request, item_id: ItemId, reviewer: Annotated[Session, Depends(checked)],
                     request_label: Annotated[str, Form(alias="request")],
                     response_label: Annotated[str, Form(alias="response")] = "",
                     note: Annotated[str, Form()] = "") -> Response:
@@ -176,18 +191,22 @@ def create_app(parts: Parts) -> FastAPI:
             response_harmful = _harmful(response_label, required=False)
             if len(note) > parts.settings.review.max_note_chars:
                 raise LabelRefused(f"the note is over {parts.settings.review.max_note_chars} characters")
-            await run_in_threadpool(store.label, item_id, reviewer.reviewer, request_harmful, response_harmful, note,
-                                    datetime.now(UTC))
+            await run_in_threadpool(store.label, item_id, reviewer.reviewer, request_harmful, response_harmful,
+                                    storable(note), datetime.now(UTC))
         except LabelRefused as exc:
-            return page(request, "message.html", status=409, session=reviewer, message=str(exc), item_id=item_id)
+            status = 404 if isinstance(exc, NoSuchItem) else 409
+            return page(request, "message.html", status=status, session=reviewer, message=str(exc), item_id=item_id)
         metrics.labels_given.inc()
         if parts.publisher is not None:
             parts.publisher.wake()
         return RedirectResponse("/", status_code=303)
 
     @app.post("/items/{item_id}/skip")
-    async def skip(item_id: int, reviewer: Annotated[Session, Depends(checked)]) -> Response:
-        await run_in_threadpool(store.skip, item_id, reviewer.reviewer, datetime.now(UTC))
+    async def skip(request: Request, item_id: ItemId, reviewer: Annotated[Session, Depends(checked)]) -> Response:
+        try:
+            await run_in_threadpool(store.skip, item_id, reviewer.reviewer, datetime.now(UTC))
+        except NoSuchItem as exc:
+            return page(request, "message.html", status=404, session=reviewer, message=str(exc))
         return RedirectResponse("/", status_code=303)
 
     @app.post("/undo")
@@ -199,7 +218,7 @@ def create_app(parts: Parts) -> FastAPI:
         return RedirectResponse(f"/items/{undone.item_id}?undone={how}", status_code=303)
 
     @app.get("/items/{item_id}/images/{index}")
-    async def image(item_id: int, index: int, _: Annotated[Session, Depends(session)]) -> Response:
+    async def image(item_id: ItemId, index: Annotated[int, Path(ge=0, le=64)], _: Annotated[Session, Depends(session)]) -> Response:
         item = await run_in_threadpool(store.item, item_id)
         if item is None or not 0 <= index < len(item.event.images):
             return Response("no such image", status_code=404, media_type="text/plain")
@@ -234,7 +253,8 @@ def create_app(parts: Parts) -> FastAPI:
         if reporter is None:
             return JSONResponse({"error": "a reporter's bearer token is required"}, status_code=401)
         now = datetime.now(UTC)
-        if await run_in_threadpool(store.report, body.event_id, reporter, body.reason, now):
+        event_id, reason = storable(body.event_id), storable(body.reason)
+        if await run_in_threadpool(store.report, event_id, reporter, reason, now):
             return JSONResponse({"queued": True}, status_code=202)
         if body.verdict is None:
             return JSONResponse({"queued": False, "error": "the console has not seen this event: send the verdict's "
@@ -244,7 +264,7 @@ def create_app(parts: Parts) -> FastAPI:
         except KafkaError:
             return JSONResponse({"error": "the broker did not answer: try again"}, status_code=503)
         if queued:
-            await run_in_threadpool(store.report, body.event_id, reporter, body.reason, now)
+            await run_in_threadpool(store.report, event_id, reporter, reason, now)
         return JSONResponse({"queued": queued}, status_code=202 if queued else 404)
 
     return app
@@ -253,11 +273,12 @@ def create_app(parts: Parts) -> FastAPI:
 async def _queue_reported(parts: Parts, body: Report, now: datetime) -> bool:
     """Read the reported verdict and its event at their coordinates, and queue the event as reported."""
     assert body.verdict is not None
-    verdict = await parts.events.verdict(body.event_id, body.verdict)
+    at = SourceRef(**body.verdict.model_dump())
+    verdict = await parts.events.verdict(body.event_id, at)
     event = await parts.events.event(body.event_id, verdict.source) if verdict is not None else None
     if verdict is None or event is None:
         return False
-    incoming = Incoming(verdict, body.verdict, [Reason.REPORTED])
+    incoming = Incoming(verdict, at, [Reason.REPORTED])
     await run_in_threadpool(parts.store.add, [incoming], {event.event_id: (event, verdict.source)}, now)
     return True
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from http.cookies import SimpleCookie
+
 import pytest
 from pydantic import ValidationError
+from starlette.responses import Response
 from typer.testing import CliRunner
 
-from console.auth import Access, SignInThrottle
+from console.auth import SESSION_COOKIE, Access, NotSignedIn, SignInThrottle
 from console.passwords import hash_token, is_hash, new_token, verify
 from console.settings import AccessSettings, ConsoleSettings
 from workers.cli import app
@@ -78,3 +81,20 @@ def test_the_throttle_forgets_the_oldest_addresses_first() -> None:
     for n in range(5):
         throttle.failed((f"r{n}", "127.0.0.1"))
     assert [throttle.blocked((f"r{n}", "127.0.0.1")) for n in range(5)] == [False, False, True, True, True]
+
+
+def test_a_new_token_signs_out_the_sessions_of_the_old_one() -> None:
+    secret = "the-same-secret"
+    before = Access(AccessSettings(reviewers={"alice": hash_token("old")}, session_secret=secret))
+    response = Response()
+    before.start_session(response, "alice")
+    cookie = SimpleCookie(response.headers["set-cookie"])[SESSION_COOKIE].value
+    assert before.session(cookie).reviewer == "alice"
+    same = Access(AccessSettings(reviewers=before.settings.reviewers, session_secret=secret))
+    assert same.session(cookie).reviewer == "alice"  # a restart with the same settings keeps sessions
+    after = Access(AccessSettings(reviewers={"alice": hash_token("new")}, session_secret=secret))
+    with pytest.raises(NotSignedIn):
+        after.session(cookie)
+    removed = Access(AccessSettings(reviewers={"bob": hash_token("b")}, session_secret=secret))
+    with pytest.raises(NotSignedIn):
+        removed.session(cookie)

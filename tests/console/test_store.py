@@ -4,7 +4,7 @@ outbox, undo, reports, and what the quality page reads."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,7 +16,7 @@ from console.sampling import Reason
 from console.store import LabelRefused, ReviewStore, make_engine
 from console.tables import metadata
 from schemas.events import SourceRef, StageVerdict
-from tests.console.conftest import NOW, add, chat, empty_store, incoming, verdict
+from tests.console.conftest import NOW, add, chat, incoming, verdict
 
 LATER = NOW + timedelta(seconds=11)  # past the 10 s undo window
 
@@ -181,11 +181,37 @@ def test_stats_count_the_open_queue_and_its_age(store: ReviewStore) -> None:
     assert store.open_items(NOW + timedelta(seconds=100)) == (1, 100.0)
 
 
-def test_two_reviewers_asking_at_once_get_different_items(migrated_postgres: str) -> None:
-    store = empty_store(migrated_postgres)
+def test_two_reviewers_asking_at_once_get_different_items(store: ReviewStore) -> None:
     for n in range(20):
         add(store, chat(f"e{n}"), verdict(f"e{n}"), n, [Reason.RANDOM])
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda who: store.next_item(f"r{who}", NOW), range(8)))
     assert None not in got and len(set(got)) == 8
-    store.close()
+
+
+def test_random_items_are_served_first_come_whatever_else_they_are(store: ReviewStore) -> None:
+    add(store, chat("r-plain"), verdict("r-plain"), 1, [Reason.RANDOM], NOW)
+    add(store, chat("r-hard"), verdict("r-hard"), 2, [Reason.RANDOM, Reason.ERROR], NOW + timedelta(seconds=1))
+    add(store, chat("hard"), verdict("hard"), 3, [Reason.ERROR], NOW + timedelta(seconds=2))
+    order = [store.item(store.next_item(who, NOW)).event.event_id for who in ("a", "b", "c")]  # type: ignore[union-attr]
+    assert order == ["hard", "r-plain", "r-hard"]
+
+
+def test_a_report_on_a_reviewed_event_asks_for_one_more_review(store: ReviewStore) -> None:
+    add(store, chat("e1"), verdict("e1"), 1, [Reason.NEAR_THRESHOLD])
+    store.label(1, "alice", False, None, "", NOW)
+    assert store.item(1).done  # type: ignore[union-attr]
+    assert store.report("e1", "platform-a", "still offensive", NOW)
+    item = store.item(1)
+    assert item is not None and not item.done and item.reviews_wanted == 2 and item.reasons[0] == "reported"
+    assert store.next_item("bob", NOW) == 1
+
+
+def test_times_are_kept_in_utc_whatever_zone_they_came_in(store: ReviewStore) -> None:
+    paris = timezone(timedelta(hours=1))
+    event = chat("e1").model_copy(update={"created_at": datetime(2026, 11, 30, 13, 0, tzinfo=paris)})
+    add(store, event, verdict("e1", produced_at=datetime(2026, 11, 30, 13, 0, 5, tzinfo=paris)), 1, [Reason.RANDOM])
+    item = store.item(1)
+    assert item is not None and item.event.created_at == datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    assert item.event.created_at.tzinfo == UTC
+    assert item.verdicts[0].verdict.produced_at == datetime(2026, 11, 30, 12, 0, 5, tzinfo=UTC)

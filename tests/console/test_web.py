@@ -193,3 +193,30 @@ async def test_undo_withdraws_a_label_inside_its_window_and_the_event_comes_back
         assert (await alice.get("/")).location == first  # the event comes back to its reviewer first
         labels = service.store.item(int(first.rsplit("/", 1)[1])).labels  # type: ignore[union-attr]
         assert [(x.undone, x.published) for x in labels] == [(True, False)]
+
+
+async def test_odd_requests_get_clear_answers_not_errors(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    await publish_judged(broker.bootstrap_servers, topics, [(chat("e1"), verdict("e1", error="x"))])
+    async with running_console(console_settings) as service:
+        await wait_until(lambda: service.intake.seen >= 1, 60)
+        alice = Client(service.address)
+        await alice.sign_in("alice", TOKENS["alice"])
+        csrf = (await alice.get("/items/1")).csrf()
+        assert (await alice.get("/items/100000000000000000000")).status == 422
+        assert (await alice.get("/items/0")).status == 422
+        assert (await alice.get("/items/999")).status == 404
+        assert (await alice.get("/items/1/images/-1")).status == 422
+        assert (await alice.post("/items/999/skip", data={"csrf": csrf})).status == 404
+        assert (await alice.post("/items/999/label", data={"request": "harmful", "csrf": csrf})).status == 404
+        assert (await alice.post("/items/1/label", data={"request": "maybe", "csrf": csrf})).status == 409
+        assert (await alice.post("/items/1/label", data={"csrf": csrf})).status == 422
+        long_note = {"request": "harmful", "note": "x" * 5_000, "csrf": csrf}
+        assert (await alice.post("/items/1/label", data=long_note)).status == 409
+        huge = {"request": "harmful", "note": "x" * 100_000, "csrf": csrf}
+        assert (await alice.post("/items/1/label", data=huge)).status == 413
+        reporter = {"Authorization": f"Bearer {REPORTER[0]}:{REPORTER[1]}"}
+        negative = {"event_id": "e9", "verdict": {"topic": topics.verdicts, "partition": 0, "offset": -1}}
+        assert (await alice.post("/api/reports", json=negative, headers=reporter)).status == 422
+        assert service.store.item(1).labels == []  # type: ignore[union-attr]
+        assert (await alice.get("/items/1")).status == 200  # and the console still serves
