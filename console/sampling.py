@@ -12,7 +12,7 @@ import hashlib
 from enum import StrEnum
 
 from console.settings import SamplingSettings
-from schemas.events import Verdict, VerdictStatus
+from schemas.events import StageVerdict, Verdict, VerdictStatus
 
 
 class Reason(StrEnum):
@@ -57,10 +57,10 @@ def reasons_for(verdict: Verdict, policy: SamplingSettings) -> list[Reason]:
     return reasons
 
 
-def _disagree(first: object, last: object) -> bool:
-    if first.request_harmful != last.request_harmful:  # type: ignore[attr-defined]
+def _disagree(first: StageVerdict, last: StageVerdict) -> bool:
+    if first.request_harmful != last.request_harmful:
         return True
-    a, b = first.response_harmful, last.response_harmful  # type: ignore[attr-defined]
+    a, b = first.response_harmful, last.response_harmful
     return a is not None and b is not None and a != b
 
 

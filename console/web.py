@@ -33,7 +33,7 @@ from console.metrics import ConsoleMetrics
 from console.outbox import LabelPublisher
 from console.sampling import Reason
 from console.settings import ConsoleSettings
-from console.store import Incoming, ItemView, LabelRefused, NoSuchItem, ReviewStore, storable
+from console.store import Incoming, LabelRefused, NoSuchItem, QueueStats, ReviewStore, storable
 from console.thumbnails import Thumbnails
 from schemas.events import SourceRef
 from workers.errors import GuardstreamError
@@ -294,8 +294,5 @@ def _harmful(value: str, required: bool) -> bool | None:
                        "harmful, unharmful or empty")
 
 
-def _quality_data(store: ReviewStore) -> tuple[list[quality.Judged], dict[str, list[tuple[bool, bool]]], object]:
+def _quality_data(store: ReviewStore) -> tuple[list[quality.Judged], dict[str, list[tuple[bool, bool]]], QueueStats]:
     return store.judged(), store.agreement_pairs(), store.queue_stats(datetime.now(UTC))
-
-
-__all__ = ["ItemView", "Parts", "create_app"]
