@@ -15,6 +15,9 @@ def console(ctx: typer.Context) -> None:
     """Run the console (settings: GUARDSTREAM_* or GUARDSTREAM_CONFIG_FILE; see the README's Console section)."""
     if ctx.invoked_subcommand is not None:
         return
+    from aiokafka.errors import KafkaConnectionError
+    from sqlalchemy.exc import OperationalError
+
     from console.service import ConsoleService
     from console.settings import ConsoleSettings
     from workers.runtime import run_service
@@ -24,7 +27,14 @@ def console(ctx: typer.Context) -> None:
         typer.echo("no reviewers: set GUARDSTREAM_ACCESS__REVIEWERS (see `guardstream console hash-token`)",
                    err=True)
         raise typer.Exit(2)
-    run_service(ConsoleService(settings), settings.observability)
+    try:
+        run_service(ConsoleService(settings), settings.observability)
+    except KafkaConnectionError as exc:
+        typer.echo(f"cannot reach the brokers at {settings.kafka.bootstrap_servers}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OperationalError as exc:  # the message names the server, never the URL's password
+        typer.echo(f"cannot use the review store: {str(exc.orig).strip()}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("hash-token")
