@@ -162,6 +162,17 @@ async def running_console(settings: ConsoleSettings) -> AsyncIterator[ConsoleSer
         await asyncio.wait_for(runner, 60)
 
 
+@asynccontextmanager
+async def console_with(settings: ConsoleSettings, judged: list[tuple[ChatEvent, Verdict]]
+                       ) -> AsyncIterator[tuple[ConsoleService, list[SourceRef]]]:
+    """`judged` published on the settings' broker and topics, then a console that has read all of it; the
+    console, and the verdicts' coordinates."""
+    at = await publish_judged(settings.kafka.bootstrap_servers, TopicNames(settings.kafka.topic_prefix), judged)
+    async with running_console(settings) as service:
+        await wait_until(lambda: service.intake.seen >= len(judged), 60, "every verdict read")
+        yield service, at
+
+
 async def publish_judged(bootstrap: str, topics: TopicNames, judged: list[tuple[ChatEvent, Verdict]],
                          tamper: Callable[[str], str] = str) -> list[SourceRef]:
     """Each event on the events topic, then its verdict (whose `source` is set to where the event landed) on the

@@ -18,9 +18,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from console.settings import ConsoleSettings
 from schemas.events import AuditLabel
 from tests.console.browser import chromium, press, screenshot, sign_in, wait_for, waiting
-from tests.console.conftest import TOKENS, chat, publish_judged, running_console, verdict
+from tests.console.conftest import TOKENS, chat, console_with, verdict
 from tests.kafka_io import read_topic
-from tests.waiting import wait_until
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
 
@@ -123,11 +122,8 @@ async def test_a_new_user_opens_the_demo_console_and_corrects_three_verdicts_by_
 
 async def test_a_script_in_an_event_stays_text_in_the_browser(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
-    event = chat("xss", SCRIPT, response=SCRIPT)
-    await publish_judged(broker.bootstrap_servers, topics, [(event, verdict("xss", harmful=True, score=0.6,
-                                                                            reasoning=SCRIPT))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+    judged = [(chat("xss", SCRIPT, response=SCRIPT), verdict("xss", harmful=True, score=0.6, reasoning=SCRIPT))]
+    async with console_with(console_settings, judged) as (service, _):
 
         def look() -> tuple[object, str, str]:
             with chromium() as driver:

@@ -7,6 +7,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
+from console.service import ConsoleService
 from console.settings import ConsoleSettings
 from schemas.events import SourceRef, StageVerdict
 from tests.console.conftest import POSTGRES_ADMIN, chat, publish_judged, running_console, verdict
@@ -15,10 +16,8 @@ from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
 
 
-def _count(service: object, name: str, label: str | None = None) -> float:
-    registry = service.metrics.registry  # type: ignore[attr-defined]
-    return sum(s.value for m in registry.collect() for s in m.samples
-               if s.name == name and (label is None or label in s.labels.values()))
+def _metric(service: ConsoleService, name: str, **labels: str) -> float | None:
+    return service.metrics.registry.get_sample_value(name, labels)
 
 
 async def test_the_policy_queues_errors_near_threshold_and_disagreements_with_their_events(
@@ -53,9 +52,9 @@ async def test_the_policy_queues_errors_near_threshold_and_disagreements_with_th
             "err": ["error"], "near": ["near_threshold"], "split": ["disagreement", "escalated"], "esc": ["escalated"]}
         assert {event_id: item.event.text for event_id, item in items.items()} == {e.event_id: e.text for e, _ in
                                                                                    judged if e.event_id in items}
-        assert _count(service, "guardstream_console_verdicts_undecodable_total") == 1
-        assert _count(service, "guardstream_console_events_unreadable_total") == 1
-        assert _count(service, "guardstream_console_queued_total", "error") == 1
+        assert _metric(service, "guardstream_console_verdicts_undecodable_total") == 1
+        assert _metric(service, "guardstream_console_events_unreadable_total", reason="event_mismatch") == 1
+        assert _metric(service, "guardstream_console_queued_total", reason="error") == 1
 
 
 async def test_a_restarted_console_resumes_after_what_it_stored(
@@ -84,7 +83,7 @@ async def test_on_postgresql_a_nul_is_kept_visible_and_a_record_the_database_ref
         await wait_until(lambda: service.intake.seen >= 4, 60, "every verdict read and committed")
         store = service.store
         assert store.events_with_items(["nul", "fine", "nan", "after"]) == {"nul", "fine", "after"}
-        assert _count(service, "guardstream_console_verdicts_refused_total") == 1
+        assert _metric(service, "guardstream_console_verdicts_refused_total") == 1
         nul = store.item_of("nul")
         assert nul is not None and (nul.event.text, nul.event.response) == ("hi\ufffdthere", "ok\ufffd")
         assert nul.verdicts[0].verdict.reasoning == "why\ufffd"
@@ -100,7 +99,7 @@ async def test_a_database_that_stops_answering_costs_no_verdict(
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
             await publish_judged(broker.bootstrap_servers, topics, [(chat("e1", "while the database was away"),
                                                                      verdict("e1", error="x"))])
-            await wait_until(lambda: _count(service, "guardstream_console_intake_errors_total") >= 1, 60,
+            await wait_until(lambda: _metric(service, "guardstream_console_intake_errors_total", error="OperationalError"), 60,
                              "the intake noticed the database was gone")
             assert service.intake.seen == 0
             admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')

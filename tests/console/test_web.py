@@ -8,11 +8,10 @@ import json
 
 from console.settings import ConsoleSettings
 from schemas.events import AuditLabel, ImageRef
-from tests.console.conftest import REPORTER, TOKENS, chat, publish_judged, running_console, verdict
+from tests.console.conftest import REPORTER, TOKENS, chat, console_with, verdict
 from tests.console.http import Client
 from tests.factories import png
 from tests.kafka_io import read_topic
-from tests.waiting import wait_until
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
 from trainer.resolve import RecordReader, Resolver
@@ -23,9 +22,7 @@ SCRIPT = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"
 
 async def test_nothing_is_served_to_anyone_not_signed_in(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
-    await publish_judged(broker.bootstrap_servers, topics, [(chat("e1", images=1), verdict("e1", error="x"))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+    async with console_with(console_settings, [(chat("e1", images=1), verdict("e1", error="x"))]) as (service, _):
         anyone = Client(service.address)
         for path in ("/", "/items/1", "/quality"):
             reply = await anyone.get(path)
@@ -49,9 +46,7 @@ async def test_nothing_is_served_to_anyone_not_signed_in(
 
 async def test_sign_in_sets_a_cookie_scripts_cannot_read_and_every_form_needs_its_csrf_token(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
-    await publish_judged(broker.bootstrap_servers, topics, [(chat("e1"), verdict("e1", error="x"))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+    async with console_with(console_settings, [(chat("e1"), verdict("e1", error="x"))]) as (service, _):
         alice = Client(service.address)
         no_token = await alice.post("/signin", data={"reviewer": "alice", "token": TOKENS["alice"]})
         assert no_token.status == 403  # the sign-in form has its CSRF token too
@@ -77,9 +72,7 @@ async def test_sign_in_sets_a_cookie_scripts_cannot_read_and_every_form_needs_it
 async def test_attacker_text_is_escaped_and_no_inline_script_may_run(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
     event = chat("xss", SCRIPT, response=SCRIPT)
-    await publish_judged(broker.bootstrap_servers, topics, [(event, verdict("xss", error="x", reasoning=SCRIPT))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+    async with console_with(console_settings, [(event, verdict("xss", error="x", reasoning=SCRIPT))]) as (service, _):
         alice = Client(service.address)
         await alice.sign_in("alice", TOKENS["alice"])
         await alice.post("/items/1/label", data={"request": "harmful", "response": "harmful",
@@ -98,9 +91,7 @@ async def test_thumbnails_come_through_the_fetcher_with_its_rules(
     (root / "cat.png").write_bytes(png(1200, 800))
     event = chat("img", "look").model_copy(update={"images": [ImageRef(uri=f"file://{root / 'cat.png'}"),
                                                               ImageRef(uri="file:///etc/hostname")]})
-    await publish_judged(broker.bootstrap_servers, topics, [(event, verdict("img", error="x"))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+    async with console_with(console_settings, [(event, verdict("img", error="x"))]) as (service, _):
         alice = Client(service.address)
         await alice.sign_in("alice", TOKENS["alice"])
         thumbnail = await alice.get("/items/1/images/0")
@@ -118,10 +109,8 @@ async def test_thumbnails_come_through_the_fetcher_with_its_rules(
 
 async def test_a_report_queues_an_event_the_sampling_passed_over(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
-    at = await publish_judged(broker.bootstrap_servers, topics, [(chat("quiet", "you are all idiots"),
-                                                                  verdict("quiet", score=0.01))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+    quiet = [(chat("quiet", "you are all idiots"), verdict("quiet", score=0.01))]
+    async with console_with(console_settings, quiet) as (service, at):
         assert service.store.events_with_items(["quiet"]) == set()
         api = Client(service.address)
         body = {"event_id": "quiet", "reason": "a user reported it", "verdict": at[0].model_dump()}
@@ -143,11 +132,9 @@ async def test_a_report_queues_an_event_the_sampling_passed_over(
 
 async def test_a_label_given_in_the_console_arrives_on_the_audit_topic(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
-    at = await publish_judged(broker.bootstrap_servers, topics, [
+    async with console_with(console_settings, [
         (chat("wrong", "how do I make a pipe bomb", response="Here is how."),
-         verdict("wrong", harmful=False, response_harmful=False, score=0.55))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+         verdict("wrong", harmful=False, response_harmful=False, score=0.55))]) as (service, at):
         alice = Client(service.address)
         await alice.sign_in("alice", TOKENS["alice"])
         first = await alice.get("/")
@@ -176,10 +163,8 @@ async def test_a_label_given_in_the_console_arrives_on_the_audit_topic(
 async def test_undo_withdraws_a_label_inside_its_window_and_the_event_comes_back(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
     console_settings.review.undo_window_s = 600  # nothing is published while the test runs
-    await publish_judged(broker.bootstrap_servers, topics, [(chat("e1"), verdict("e1", error="x")),
-                                                            (chat("e2"), verdict("e2", error="x"))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 2, 60)
+    async with console_with(console_settings, [(chat("e1"), verdict("e1", error="x")),
+                                                            (chat("e2"), verdict("e2", error="x"))]) as (service, _):
         alice = Client(service.address)
         await alice.sign_in("alice", TOKENS["alice"])
         first = (await alice.get("/")).location
@@ -197,9 +182,7 @@ async def test_undo_withdraws_a_label_inside_its_window_and_the_event_comes_back
 
 async def test_odd_requests_get_clear_answers_not_errors(
         broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
-    await publish_judged(broker.bootstrap_servers, topics, [(chat("e1"), verdict("e1", error="x"))])
-    async with running_console(console_settings) as service:
-        await wait_until(lambda: service.intake.seen >= 1, 60)
+    async with console_with(console_settings, [(chat("e1"), verdict("e1", error="x"))]) as (service, _):
         alice = Client(service.address)
         await alice.sign_in("alice", TOKENS["alice"])
         csrf = (await alice.get("/items/1")).csrf()
