@@ -91,21 +91,21 @@ class Access:
     # -- reviewers ------------------------------------------------------------------------------------------
 
     def check_reviewer(self, reviewer: str, token: str) -> bool:
-        hashed = self.settings.reviewers.get(reviewer)
-        # an unknown reviewer is checked against a hash anyway, so the answer takes as long either way
-        return self._verify(token, hashed or _DUMMY_HASH) and hashed is not None
+        return self._holds(self.settings.reviewers, reviewer, token)
 
     def check_reporter(self, authorization: str | None) -> str | None:
         """The reporter a bearer token belongs to (reporter id and token as `id:token`), or None."""
         if not authorization or not authorization.startswith("Bearer "):
             return None
         reporter, _, token = authorization.removeprefix("Bearer ").partition(":")
-        hashed = self.settings.reporters.get(reporter)
-        return reporter if self._verify(token, hashed or _DUMMY_HASH) and hashed is not None else None
+        return reporter if self._holds(self.settings.reporters, reporter, token) else None
 
-    def _verify(self, token: str, hashed: str) -> bool:
+    def _holds(self, hashes: dict[str, str], who: str, token: str) -> bool:
+        """Whether `who` is in `hashes` and `token` is theirs. An unknown id is checked against a hash anyway,
+        so the answer takes as long either way."""
+        hashed = hashes.get(who)
         with self._hashing:  # scrypt takes 16 MiB and tens of ms: a few at a time, whatever the load
-            return verify(token, hashed)
+            return verify(token, hashed or _DUMMY_HASH) and hashed is not None
 
     def _fingerprint(self, reviewer: str) -> str:
         """Changes when the reviewer's token hash does: a new token signs out every session of the old one."""

@@ -24,7 +24,17 @@ from sqlalchemy.exc import IntegrityError
 from console import tables as t
 from console.quality import Judged
 from console.sampling import PRIORITY, Reason, wants_two_reviews
-from schemas.events import AuditLabel, ChatEvent, ImageRef, SourceRef, StageVerdict, Verdict
+from schemas.events import (
+    AuditLabel,
+    ChatEvent,
+    ErrorInfo,
+    ImageRef,
+    ModelRef,
+    SourceRef,
+    StageVerdict,
+    Verdict,
+    VerdictStatus,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -193,19 +203,15 @@ class ReviewStore:
     # -- intake ---------------------------------------------------------------------------------------------
 
     def events_with_items(self, event_ids: Iterable[str]) -> set[str]:
-        ids = list(set(event_ids))
-        if not ids:
-            return set()
         with self.engine.connect() as c:
-            return set(c.scalars(select(t.items.c.event_id).where(t.items.c.event_id.in_(ids))))
+            return _queued(c, event_ids)
 
     def add(self, incoming: Sequence[Incoming], events: dict[str, tuple[ChatEvent, SourceRef | None]],
             now: datetime) -> int:
         """Store each verdict whose event has an item or gets one now (it has reasons and its event is in
         `events`); returns how many new items entered the queue."""
         with self.engine.begin() as c:
-            known = set(c.scalars(select(t.items.c.event_id).where(
-                t.items.c.event_id.in_({i.verdict.event_id for i in incoming}))))
+            known = _queued(c, (i.verdict.event_id for i in incoming))  # again, in this transaction
             new_items = 0
             for one in incoming:
                 event_id = one.verdict.event_id
@@ -270,6 +276,13 @@ class ReviewStore:
                 c.execute(update(t.items).where(i.id == item_id).values(claimed_by=reviewer,
                                                                          claimed_until=now + self.claim))
             return item_id
+
+    def images(self, item_id: int) -> list[ImageRef] | None:
+        """The images of an item's event (None: no such item), without the rest of the item."""
+        with self.engine.connect() as c:
+            images = c.scalar(select(t.events.c.images).join(t.items, t.items.c.event_id == t.events.c.event_id)
+                              .where(t.items.c.id == item_id))
+        return None if images is None else [ImageRef(**image) for image in images]
 
     def item_of(self, event_id: str) -> ItemView | None:
         with self.engine.connect() as c:
@@ -459,6 +472,14 @@ class ReviewStore:
         return stats
 
 
+def _queued(c: Connection, event_ids: Iterable[str]) -> set[str]:
+    """Which of these events have a queue item."""
+    ids = list(set(event_ids))
+    if not ids:
+        return set()
+    return set(c.scalars(select(t.items.c.event_id).where(t.items.c.event_id.in_(ids))))
+
+
 def priority(reasons: Sequence[Reason]) -> int:
     """The queue's order. A random-sample item keeps the random rank whatever else it is (only a report moves
     it forward): random items are then labelled first come, first served, and the labelled part of the
@@ -501,8 +522,6 @@ def _event_at(row: Any) -> SourceRef | None:
 
 def _verdict(v: Any, event: Any) -> Verdict:
     """The stored verdict as the model it was (what the page shows; the error message is not kept)."""
-    from schemas.events import ErrorInfo, ModelRef, VerdictStatus
-
     status = VerdictStatus(v["status"])
     return Verdict.model_construct(
         event_id=v["event_id"], conversation_id=event["conversation_id"], tenant=event["tenant"], status=status,

@@ -219,11 +219,11 @@ def create_app(parts: Parts) -> FastAPI:
 
     @app.get("/items/{item_id}/images/{index}")
     async def image(item_id: ItemId, index: Annotated[int, Path(ge=0, le=64)], _: Annotated[Session, Depends(session)]) -> Response:
-        item = await run_in_threadpool(store.item, item_id)
-        if item is None or not 0 <= index < len(item.event.images):
+        images = await run_in_threadpool(store.images, item_id)
+        if images is None or index >= len(images):
             return Response("no such image", status_code=404, media_type="text/plain")
         try:
-            png = await parts.thumbnails.png(item.event.images[index])
+            png = await parts.thumbnails.png(images[index])
         except GuardstreamError as exc:
             return Response(f"image not shown: {exc.summary} ({exc.code})", status_code=422, media_type="text/plain")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
