@@ -1,10 +1,9 @@
-"""The lite guard's speed per item, against its earlier serving path, in the same process on the same inputs.
+"""The lite guard's speed per item, against P5's model, in the same process on the same inputs.
 
-Baseline: the shipped model with its texts embedded through sentence-transformers' `encode` (padded to
-each batch's longest text), the serving path before the packed forward. Candidate: the shipped model as it
-serves now (`PackedMiniLM`: the same weights and operations on the real tokens only). Both score the
-request with the request head and the response with the response head, the refusal detector and the
-profanity model. Workloads:
+Baseline: P5's lite guard (`artefacts/lite_text_head.json`: frozen all-MiniLM-L6-v2 embeddings, logistic
+heads, the refusal detector and the profanity model). Candidate: the shipped fine-tuned guard
+(`artefacts/lite_tuned.safetensors`: the request stage on the request, the response stage on the prompt
+and response read together). Both run the packed forward. Workloads:
   short requests     chat-length texts, no response
   1,500-char audits  a short request and a 1,500-character response
 
@@ -19,7 +18,6 @@ import argparse
 import json
 import statistics
 import time
-from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -28,10 +26,11 @@ from rich.table import Table
 
 from workers.demo_data import SAMPLES
 from workers.guard.base import GuardRequest
-from workers.guard.lite import LiteGuard, embed
+from workers.guard.lite import LiteGuard
 from workers.settings import GuardSettings
 
 OUT = Path("bench/out")
+P5 = Path(__file__).resolve().parent.parent / "workers" / "guard" / "artefacts" / "lite_text_head.json"
 LONG = ("Here is a detailed answer. " + "The process has several stages, and each one matters for the result. " * 30)
 
 
@@ -65,8 +64,7 @@ def compare(baseline: LiteGuard, candidate: LiteGuard, requests: list[GuardReque
 
 def main(items: int, batch: int, repeats: int) -> list[dict[str, object]]:
     candidate = LiteGuard.from_settings(GuardSettings())
-    baseline = LiteGuard(candidate.model, candidate.embedder, candidate.nsfw, candidate.thresholds)
-    baseline.embed = partial(embed, candidate.embedder)
+    baseline = LiteGuard.from_settings(GuardSettings(lite_artefact=P5))
     rows = []
     for name, requests in workloads(items).items():
         before, after = compare(baseline, candidate, requests, batch, repeats)
@@ -76,7 +74,7 @@ def main(items: int, batch: int, repeats: int) -> list[dict[str, object]]:
     (OUT / "lite_speed.json").write_text(json.dumps({"items": items, "batch": batch, "repeats": repeats,
                                                       "rows": rows}, indent=2) + "\n")
     plot(rows, OUT / "lite_speed.png")
-    table = Table("workload", "encode() (items/s)", "packed forward (items/s)", "ratio")
+    table = Table("workload", "P5 heads (items/s)", "fine-tuned (items/s)", "ratio")
     for r in rows:
         table.add_row(str(r["workload"]), str(r["baseline_items_per_s"]), str(r["items_per_s"]), str(r["ratio"]))
     console = Console()
@@ -94,9 +92,9 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = [str(r["workload"]) for r in rows]
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [float(r["baseline_items_per_s"]) for r in rows], 0.4, label="encode()",  # type: ignore[arg-type]
+    ax.bar([i - 0.2 for i in x], [float(r["baseline_items_per_s"]) for r in rows], 0.4, label="P5 heads",  # type: ignore[arg-type]
            color="#bbbbbb")
-    ax.bar([i + 0.2 for i in x], [float(r["items_per_s"]) for r in rows], 0.4, label="packed forward", color="#3b7dd8")  # type: ignore[arg-type]
+    ax.bar([i + 0.2 for i in x], [float(r["items_per_s"]) for r in rows], 0.4, label="fine-tuned", color="#3b7dd8")  # type: ignore[arg-type]
     ax.set_xticks(list(x), names)
     ax.set_ylabel("items per second (CPU)")
     ax.set_title("lite guard speed per item")

@@ -4,6 +4,12 @@ A session is a signed cookie (itsdangerous, HttpOnly, SameSite=Strict, Secure un
 reviewer's id and the session's CSRF token. Every form carries that token, and every POST is refused
 without it; the sign-in form's token lives in a signed pre-session cookie of its own. Nothing is served
 unsigned: a page without a valid session redirects to the sign-in page, an image or API call gets 401.
+
+Signing out ends every session of that reviewer on the server too: the time they signed out is kept, and a
+session issued before it is refused, so a copied cookie stops working. That time is kept in this process's
+memory: one console process, and a restart forgets it (with a random `session_secret`, the default, a
+restart signs everyone out anyway; with a fixed one, a session signed out before the restart works again
+until it expires).
 """
 
 from __future__ import annotations
@@ -11,16 +17,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.responses import Response
 
-from console.passwords import verify
+from console.checks import CheckLimiter, CheckRefused, SignInThrottle, TokenChecker
 from console.settings import AccessSettings
 
 SESSION_COOKIE = "guardstream_session"
@@ -41,71 +44,43 @@ class CsrfRefused(Exception):
     """A form posted without this session's CSRF token."""
 
 
-class SignInThrottle:
-    """Failed sign-ins per (reviewer id, client address): after `max_failures` within `lockout_s`, that pair is
-    refused until the oldest of them is `lockout_s` old. Bounded: the oldest pairs are forgotten first."""
-
-    MAX_KEYS = 10_000
-
-    def __init__(self, max_failures: int, lockout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_failures = max_failures
-        self.lockout_s = lockout_s
-        self.clock = clock
-        self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
-
-    def blocked(self, key: tuple[str, str]) -> bool:
-        failures = self._recent(key)
-        return failures is not None and len(failures) >= self.max_failures
-
-    def failed(self, key: tuple[str, str]) -> None:
-        failures = self._recent(key)
-        if failures is None:
-            failures = self._failures[key] = deque(maxlen=self.max_failures)
-        failures.append(self.clock())
-        self._failures.move_to_end(key)
-        while len(self._failures) > self.MAX_KEYS:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        self._failures.pop(key, None)
-
-    def _recent(self, key: tuple[str, str]) -> deque[float] | None:
-        failures = self._failures.get(key)
-        if failures is None:
-            return None
-        while failures and failures[0] <= self.clock() - self.lockout_s:
-            failures.popleft()
-        return failures
-
-
 class Access:
     def __init__(self, settings: AccessSettings) -> None:
         self.settings = settings
         self.throttle = SignInThrottle(settings.max_failed_sign_ins, settings.lockout_s)
+        self.checker = TokenChecker(settings, CheckLimiter(settings))
         secret = settings.session_secret.get_secret_value() if settings.session_secret else secrets.token_hex(32)
         self._secret = secret.encode()
-        self._hashing = threading.BoundedSemaphore(4)
         self._sessions = URLSafeTimedSerializer(secret, salt="guardstream-console-session")
         self._signin = URLSafeTimedSerializer(secret, salt="guardstream-console-signin")
+        self._signed_out: dict[str, float] = {}  # reviewer → when they last signed out (wall clock)
+
+    def close(self) -> None:
+        self.checker.close()
 
     # -- reviewers ------------------------------------------------------------------------------------------
 
-    def check_reviewer(self, reviewer: str, token: str) -> bool:
-        return self._holds(self.settings.reviewers, reviewer, token)
+    async def check_reviewer(self, reviewer: str, token: str, client: str) -> bool:
+        """Whether `token` is `reviewer`'s. CheckRefused (LockedOut, TooManyChecks) if it may not be checked:
+        the attempt counts before the check runs, and is given back only if the check is refused."""
+        key = (reviewer, client)
+        stamp = self.throttle.attempt(key)
+        try:
+            holds = await self.checker.holds(self.settings.reviewers.get(reviewer), token, client)
+        except CheckRefused:
+            self.throttle.release(key, stamp)
+            raise
+        if holds:
+            self.throttle.succeeded(key)
+        return holds
 
-    def check_reporter(self, authorization: str | None) -> str | None:
-        """The reporter a bearer token belongs to (reporter id and token as `id:token`), or None."""
+    async def check_reporter(self, authorization: str | None, client: str) -> str | None:
+        """The reporter a bearer token belongs to (reporter id and token as `id:token`), or None;
+        TooManyChecks if it may not be checked now."""
         if not authorization or not authorization.startswith("Bearer "):
             return None
         reporter, _, token = authorization.removeprefix("Bearer ").partition(":")
-        return reporter if self._holds(self.settings.reporters, reporter, token) else None
-
-    def _holds(self, hashes: dict[str, str], who: str, token: str) -> bool:
-        """Whether `who` is in `hashes` and `token` is theirs. An unknown id is checked against a hash anyway,
-        so the answer takes as long either way."""
-        hashed = hashes.get(who)
-        with self._hashing:  # scrypt takes 16 MiB and tens of ms: a few at a time, whatever the load
-            return verify(token, hashed or _DUMMY_HASH) and hashed is not None
+        return reporter if await self.checker.holds(self.settings.reporters.get(reporter), token, client) else None
 
     def _fingerprint(self, reviewer: str) -> str:
         """Changes when the reviewer's token hash does: a new token signs out every session of the old one."""
@@ -125,14 +100,21 @@ class Access:
             raise NotSignedIn()  # a reviewer removed from settings is signed out
         if not same_token(self._fingerprint(data["r"]), data.get("h")):
             raise NotSignedIn()  # and one whose token was replaced
+        if not isinstance(data.get("t"), float) or data["t"] <= self._signed_out.get(data["r"], 0.0):
+            raise NotSignedIn()  # and one who signed out since
         return Session(reviewer=data["r"], csrf=data["c"])
 
     def start_session(self, response: Response, reviewer: str) -> None:
-        value = self._sessions.dumps({"r": reviewer, "c": secrets.token_urlsafe(24), "h": self._fingerprint(reviewer)})
+        # after the last sign-out even if the wall clock stepped back since: the new session must be valid
+        issued = max(time.time(), self._signed_out.get(reviewer, 0.0) + 0.001)
+        value = self._sessions.dumps({"r": reviewer, "c": secrets.token_urlsafe(24), "h": self._fingerprint(reviewer),
+                                      "t": issued})
         self._set(response, SESSION_COOKIE, value, self.settings.session_max_age_s)
         response.delete_cookie(SIGNIN_COOKIE, path="/")
 
-    def end_session(self, response: Response) -> None:
+    def end_session(self, response: Response, session: Session) -> None:
+        """Sign `session`'s reviewer out: this cookie and every copy of it, on every device."""
+        self._signed_out[session.reviewer] = max(time.time(), self._signed_out.get(session.reviewer, 0.0))
         response.delete_cookie(SESSION_COOKIE, path="/")
 
     def signin_csrf(self, cookie: str | None) -> str | None:
@@ -152,5 +134,3 @@ class Access:
 def same_token(expected: str | None, given: str | None) -> bool:
     return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
 
-
-_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

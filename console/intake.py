@@ -4,34 +4,41 @@ queued event at its coordinates (`verdict.source`), store, then commit.
 A verdict that does not decode, whose event cannot be read (gone by retention, or of another event), or that
 the database refuses, is counted and logged, and the consumer moves on: the console must not stop on one bad
 record. A broker or database that does not answer leaves the poll uncommitted; the consumer rewinds to it
-and reads it again.
+and reads it again after a backoff that grows while the outage lasts (/readyz says so meanwhile).
+
+Reports read with their own reader (`EventReader` with a budget): a report naming coordinates that never
+resolve waits out its own reader's timeout, never the intake's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from console.failing import FailureStreak
 from console.metrics import ConsoleMetrics
 from console.sampling import reasons_for
 from console.settings import ConsoleSettings
 from console.store import Incoming, ReviewStore, storable_model
 from schemas.events import ChatEvent, SourceRef, Verdict
 from topics.registry import TopicNames
-from trainer.resolve import NoCoordinates, RecordReader, Resolver, Unresolvable
+from trainer.resolve import NoCoordinates, RecordReader, RecordUnavailable, Resolver, Unresolvable
 from workers.kafka_clients import client_options, stop_consumer
 
 log = structlog.get_logger("guardstream.console.intake")
-UNAVAILABLE = (KafkaError, OperationalError, InterfaceError)  # the broker's or the database's trouble: retried
-RETRY_AFTER_S = 1.0
+R = TypeVar("R")
+UNAVAILABLE = (KafkaError, OperationalError, InterfaceError, PoolTimeout)  # the broker's or the store's: retried
 
 
 @dataclass(frozen=True)
@@ -56,14 +63,21 @@ def decode(records: list[ConsumerRecord[bytes, bytes]], settings: ConsoleSetting
     return Polled(incoming, undecodable)
 
 
-class EventReader:
-    """Reads verdicts and events at their coordinates for the intake and for reports (one at a time: they
-    share one seeking consumer); None, counted and logged, for a record that can never be read."""
+class ReadOverBudget(RecordUnavailable):
+    """A read that did not finish within its reader's budget (its wait for the reader included): retriable."""
 
-    def __init__(self, settings: ConsoleSettings, metrics: ConsoleMetrics) -> None:
+
+class EventReader:
+    """Reads verdicts and events at their coordinates, one at a time (they seek one consumer); None, counted
+    and logged, for a record that can never be read. The intake has one, reports another: a report's read
+    never waits for the intake's, nor the intake's for a report's. `budget_s` bounds each read, its wait for
+    the reader included (ReadOverBudget past it)."""
+
+    def __init__(self, settings: ConsoleSettings, metrics: ConsoleMetrics, budget_s: float | None = None) -> None:
         self.reader = RecordReader(settings.kafka, settings.resolve_timeout_s)
         self.resolver = Resolver(self.reader, settings.limits)
         self.metrics = metrics
+        self.budget_s = budget_s
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -76,17 +90,25 @@ class EventReader:
         if at is None:
             return self._unreadable(event_id, NoCoordinates("the verdict names no event coordinates"))
         try:
-            async with self._lock:
-                return storable_model(await self.resolver.read_event(at, event_id))
+            return storable_model(await self._read(self.resolver.read_event, at, event_id))
         except Unresolvable as exc:
             return self._unreadable(event_id, exc)
 
     async def verdict(self, event_id: str, at: SourceRef) -> Verdict | None:
         try:
-            async with self._lock:
-                return storable_model(await self.resolver.read_verdict(at, event_id))
+            return storable_model(await self._read(self.resolver.read_verdict, at, event_id))
         except Unresolvable as exc:
             return self._unreadable(event_id, exc)
+
+    async def _read(self, read: Callable[[SourceRef, str], Awaitable[R]], at: SourceRef, event_id: str) -> R:
+        budget = asyncio.timeout(self.budget_s)
+        try:
+            async with budget, self._lock:
+                return await read(at, event_id)
+        except TimeoutError as exc:
+            if not budget.expired():
+                raise
+            raise ReadOverBudget(f"reading {at.topic}[{at.partition}]@{at.offset} took over {self.budget_s}s") from exc
 
     def _unreadable(self, event_id: str, exc: Unresolvable) -> None:
         self.metrics.events_unreadable.labels(exc.reason).inc()
@@ -104,6 +126,8 @@ class VerdictIntake:
         self.consumer: AIOKafkaConsumer | None = None  # made in run(): aiokafka wants a running loop
         self.assigned = asyncio.Event()
         self.seen = 0  # verdict records read and stored (committed)
+        self.failures = FailureStreak("verdict intake", "verdicts wait on the topic", metrics.intake_errors,
+                                      settings.backoff_base_s, settings.backoff_max_s)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -123,7 +147,8 @@ class VerdictIntake:
 
     async def poll_once(self) -> int:
         """Read a poll's verdicts into the store and commit them; on a broker or database that does not answer,
-        rewind to the poll's first records and return 0 (they are read again)."""
+        rewind to the poll's first records, wait the backoff and return 0 (they are read again). The failure
+        streak ends with the next poll whose records are stored (an empty poll proves nothing of the store)."""
         assert self.consumer is not None, "run() polls"
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         records: list[ConsumerRecord[bytes, bytes]] = []
@@ -136,19 +161,24 @@ class VerdictIntake:
             if not records:
                 return 0
             added = await self._take(records)
+            await self._count_open_items()
             await self.consumer.commit()
         except UNAVAILABLE as exc:
-            self.metrics.intake_errors.labels(type(exc).__name__).inc()
-            log.warning("verdicts not stored; reading them again", error=type(exc).__name__, records=len(records))
+            wait_s = self.failures.failed(exc)
+            log.warning("verdicts not stored; reading them again", error=type(exc).__name__, records=len(records),
+                        failures=self.failures.count, retry_in_s=wait_s)
             self._rewind(batches)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), RETRY_AFTER_S)
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
             return 0
+        self.failures.ended()
         self.seen += len(records)
+        return added
+
+    async def _count_open_items(self) -> None:
         count, oldest_s = await asyncio.to_thread(self.store.open_items, datetime.now(UTC))
         self.metrics.queue_open.set(count)
         self.metrics.queue_oldest_s.set(oldest_s)
-        return added
 
     async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
         polled = decode(records, self.settings)

@@ -23,13 +23,14 @@ class ConsoleMetrics:
                               ["reason"], registry=r)
         self.events_unreadable = Counter("guardstream_console_events_unreadable", "Sampled verdicts whose event "
                                          "could not be read at its coordinates", ["reason"], registry=r)
-        self.intake_errors = Counter("guardstream_console_intake_errors", "Polls that failed (retried)", ["error"],
-                                     registry=r)
+        self.intake_errors = Counter("guardstream_console_intake_errors", "Polls the broker or the review store "
+                                     "failed, by error type (read again after a backoff)", ["error"], registry=r)
         self.labels_given = Counter("guardstream_console_labels", "Labels given by reviewers", registry=r)
         self.labels_published = Counter("guardstream_console_labels_published", "Labels published to the audit "
                                         "topic", registry=r)
-        self.label_publish_errors = Counter("guardstream_console_label_publish_errors", "Label publications that "
-                                            "failed (retried)", ["error"], registry=r)
+        self.label_publish_errors = Counter("guardstream_console_label_publish_errors", "Publication rounds the "
+                                            "broker or the review store failed, by error type (retried after a "
+                                            "backoff)", ["error"], registry=r)
         self.sign_in_failures = Counter("guardstream_console_sign_in_failures", "Refused sign-ins", registry=r)
         self.queue_open = Gauge("guardstream_console_queue_open", "Open review items", registry=r)
         self.queue_oldest_s = Gauge("guardstream_console_queue_oldest_seconds", "Age of the oldest open item",

@@ -4,6 +4,10 @@ A label is due once its undo window has passed. The publisher claims due labels 
 waits for the broker's acknowledgement, then marks them published; a failed send releases them for the next
 round. A publisher that dies between send and mark leaves a stale claim that the next one takes over, so a
 label may be published twice but is never lost (the trainer keeps the latest label of each event).
+
+A round that fails, the broker's trouble or the review store's (down, or SQLite's write lock held by
+another process), is counted by error type and retried after a growing backoff for as long as it takes;
+/readyz says so meanwhile. Labels wait in the store: none is lost.
 """
 
 from __future__ import annotations
@@ -15,24 +19,29 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from sqlalchemy.exc import SQLAlchemyError
 
+from console.failing import FailureStreak
 from console.metrics import ConsoleMetrics
-from console.store import ReviewStore
+from console.settings import ConsoleSettings
+from console.store import DueLabel, ReviewStore
 from topics.registry import TopicNames
 from workers.kafka_clients import client_options
-from workers.settings import KafkaSettings
 
 log = structlog.get_logger("guardstream.console.outbox")
+UNAVAILABLE = (KafkaError, SQLAlchemyError)  # any trouble of the broker's or the store's: the round is retried
 
 
 class LabelPublisher:
-    def __init__(self, kafka: KafkaSettings, store: ReviewStore, metrics: ConsoleMetrics,
+    def __init__(self, settings: ConsoleSettings, store: ReviewStore, metrics: ConsoleMetrics,
                  interval_s: float = 0.5) -> None:
         self.store = store
         self.metrics = metrics
         self.interval_s = interval_s
-        self.topic = TopicNames(kafka.topic_prefix).audit_labels
-        self.kafka = kafka
+        self.kafka = settings.kafka
+        self.topic = TopicNames(self.kafka.topic_prefix).audit_labels
+        self.failures = FailureStreak("label publisher", "labels wait in the review store",
+                                      metrics.label_publish_errors, settings.backoff_base_s, settings.backoff_max_s)
         self.producer: AIOKafkaProducer | None = None  # made in run(): aiokafka wants a running loop
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -50,28 +59,42 @@ class LabelPublisher:
         await self.producer.start()
         try:
             while not self._stopping.is_set():
-                await self.publish_due()
+                wait_s = await self.publish_round()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            await self.publish_due()  # what is due at shutdown goes out; the rest waits in the store
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+            await self.publish_round()  # what is due at shutdown goes out; the rest waits in the store
         finally:
             await self.producer.stop()
 
-    async def publish_due(self) -> int:
+    async def publish_round(self) -> float:
+        """Publish what is due; the wait before the next round: the interval, or after a failure the backoff."""
+        try:
+            await self.publish_due()
+        except UNAVAILABLE as exc:
+            wait_s = self.failures.failed(exc)
+            log.warning("labels not published; retrying", error=type(exc).__name__, failures=self.failures.count,
+                        retry_in_s=wait_s)
+            return wait_s
+        self.failures.ended()
+        return self.interval_s
+
+    async def publish_due(self) -> None:
         assert self.producer is not None, "run() publishes"
         due = await asyncio.to_thread(self.store.claim_due_labels, datetime.now(UTC))
         if not due:
-            return 0
+            return
         try:
-            sent = [await self.producer.send(self.topic, key=d.label.event_id.encode(),
-                                             value=d.label.model_dump_json().encode()) for d in due]
-            await asyncio.gather(*sent)
-        except KafkaError as exc:
-            self.metrics.label_publish_errors.labels(type(exc).__name__).inc()
-            log.warning("labels not published; retrying", labels=len(due), error=type(exc).__name__)
-            await asyncio.to_thread(self.store.release, [d.id for d in due])
-            return 0
+            await self._send(due)
+        except KafkaError:
+            await asyncio.to_thread(self.store.release, [d.id for d in due])  # for the next round
+            raise
         await asyncio.to_thread(self.store.published, [d.id for d in due], datetime.now(UTC))
         self.metrics.labels_published.inc(len(due))
-        return len(due)
+
+    async def _send(self, due: list[DueLabel]) -> None:
+        """Send every label, then wait for the broker's acknowledgement of each."""
+        assert self.producer is not None
+        sent = [await self.producer.send(self.topic, key=d.label.event_id.encode(),
+                                         value=d.label.model_dump_json().encode()) for d in due]
+        await asyncio.gather(*sent)

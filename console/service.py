@@ -37,16 +37,18 @@ class ConsoleService:
     def __init__(self, settings: ConsoleSettings, metrics: ConsoleMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or ConsoleMetrics()
-        self.store = ReviewStore(make_engine(settings.database_url.get_secret_value()),
+        self.store = ReviewStore(make_engine(settings.database_url.get_secret_value(), settings.database_timeout_s),
                                  undo_window_s=settings.review.undo_window_s, claim_s=settings.review.claim_s,
                                  double_review_rate=settings.sampling.double_review_rate)
         self.access = Access(settings.access)
-        self.events = EventReader(settings, self.metrics)
+        self.events = EventReader(settings, self.metrics)  # the intake's own: a report never holds it
+        self.reports = EventReader(settings, self.metrics, budget_s=settings.report_timeout_s)
         self.intake = VerdictIntake(settings, self.store, self.metrics, self.events)
-        self.publisher = LabelPublisher(settings.kafka, self.store, self.metrics)
+        self.publisher = LabelPublisher(settings, self.store, self.metrics)
         self.fetcher = ImageFetcher(settings.fetch)
         self.parts = Parts(settings, self.store, self.access, self.metrics,
-                           Thumbnails(self.fetcher, settings.review.thumbnail_px), self.events, self.publisher)
+                           Thumbnails(self.fetcher, settings.review.thumbnail_px,
+                                      settings.review.thumbnail_cache_bytes), self.reports, self.publisher)
         self.server = WebServer(uvicorn.Config(
             create_app(self.parts), host=settings.host, port=settings.port, log_config=None, access_log=False,
             lifespan="off", proxy_headers=bool(settings.forwarded_allow_ips),
@@ -62,7 +64,12 @@ class ConsoleService:
 
     @property
     def ready(self) -> bool:
-        return self.started.is_set() and self.intake.assigned.is_set()
+        return self.started.is_set() and self.intake.assigned.is_set() and not self.problems()
+
+    def problems(self) -> list[str]:
+        """Why the console is not doing its work now (/readyz): a loop failing against the broker or the store."""
+        streaks = (self.intake.failures.problem, self.publisher.failures.problem)
+        return [problem for problem in streaks if problem is not None]
 
     def stop(self) -> None:
         self._stop.set()
@@ -72,9 +79,11 @@ class ConsoleService:
             await asyncio.to_thread(upgrade, self.store.engine)
         obs = self.settings.observability
         if obs.health_enabled:
-            self.health = HealthServer(obs.health_host, obs.health_port, self.metrics.registry, lambda: self.ready)
+            self.health = HealthServer(obs.health_host, obs.health_port, self.metrics.registry, lambda: self.ready,
+                                       self.problems)
             await self.health.start()
         await self.events.start()
+        await self.reports.start()
         tasks = [asyncio.create_task(self.intake.run(), name="intake"),
                  asyncio.create_task(self.publisher.run(), name="publisher"),
                  asyncio.create_task(self.server.serve(), name="web")]
@@ -99,7 +108,9 @@ class ConsoleService:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, 30)
             await self.events.stop()
+            await self.reports.stop()
             await self.fetcher.close()
             if self.health:
                 await self.health.stop()
+            self.access.close()
             self.store.close()

@@ -41,6 +41,10 @@ class ReviewSettings(Section):
                                  "that supersedes it")
     max_note_chars: int = Field(4_000, ge=0, le=4_000)
     thumbnail_px: int = Field(320, ge=16, le=2048, description="longer side of image thumbnails")
+    max_thumbnails: int = Field(8, ge=0, le=65, description="thumbnails shown on a review page; the page says how "
+                                "many more images the event has, and their thumbnails are not served")
+    thumbnail_cache_bytes: int = Field(32 * 2**20, ge=0, description="made thumbnails kept in memory (least "
+                                       "recently shown dropped first), so a page seen again fetches nothing")
     claim_s: float = Field(300.0, gt=0, description="an item shown to a reviewer is not offered to another "
                            "reviewer for this long")
 
@@ -58,6 +62,14 @@ class AccessSettings(Section):
     max_failed_sign_ins: int = Field(5, ge=1, description="failed sign-ins of one reviewer id from one address "
                                      "before that pair is refused for lockout_s")
     lockout_s: float = Field(300.0, gt=0)
+    hash_threads: int = Field(1, ge=1, le=16, description="threads that run scrypt token checks (16 MiB and tens "
+                              "of ms each), apart from the threads that serve pages; one keeps up with "
+                              "checks_per_s and leaves the other cores to the pages")
+    checks_per_s: float = Field(10.0, gt=0, description="token checks (sign-ins and reports) per second from all "
+                                "clients together; beyond it, and check_burst, 429 with Retry-After without a check")
+    check_burst: int = Field(30, ge=1, description="token checks allowed at once before checks_per_s applies")
+    client_checks_per_s: float = Field(1.0, gt=0, description="token checks per second from one client address")
+    client_check_burst: int = Field(10, ge=1, description="token checks one client address may make at once")
 
     @field_validator("reviewers", "reporters")
     @classmethod
@@ -87,5 +99,14 @@ class ConsoleSettings(ServiceSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     resolve_timeout_s: float = Field(5.0, gt=0, description="how long reading an event at its coordinates may take")
+    report_timeout_s: float = Field(10.0, gt=0, description="how long a report's read of its verdict, or of its "
+                                    "event, may take, its wait for the reports' own reader included; past it the "
+                                    "report is answered 503 (try again)")
+    database_timeout_s: float = Field(30.0, gt=0, description="how long a statement waits for the review store "
+                                      "(SQLite's write lock, a pooled or new PostgreSQL connection) before it fails")
+    backoff_base_s: float = Field(0.5, gt=0, description="after a failure of the broker or the review store, the "
+                                  "intake and the label publisher retry after this long, doubling per failure in a "
+                                  "row up to backoff_max_s")
+    backoff_max_s: float = Field(30.0, gt=0)
     observability: ObservabilitySettings = Field(
         default_factory=lambda: ObservabilitySettings(health_port=9466))

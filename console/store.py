@@ -11,6 +11,7 @@ it reopens the item, and the reviewer's next label, the later one, supersedes it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -154,13 +155,15 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, timeout_s: float = 30.0) -> Engine:
     """PostgreSQL sessions in UTC; SQLite transactions that take the write lock when they begin (BEGIN
-    IMMEDIATE), so a claim's read and its write are one step there too, as FOR UPDATE makes them on PostgreSQL."""
+    IMMEDIATE), so a claim's read and its write are one step there too, as FOR UPDATE makes them on PostgreSQL.
+    A statement waits at most `timeout_s` for SQLite's write lock, or for a pooled or new PostgreSQL connection,
+    then fails (OperationalError, or the pool's TimeoutError): callers retry, a thread is never held for good."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                             connect_args={"options": "-c timezone=UTC"})
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=timeout_s,
+                             connect_args={"options": "-c timezone=UTC", "connect_timeout": math.ceil(timeout_s)})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_s})
 
     @event.listens_for(engine, "connect")
     def _connect(connection: Any, _: Any) -> None:
@@ -239,9 +242,9 @@ class ReviewStore:
         row = c.execute(select(t.items.c.id, t.items.c.reasons).where(t.items.c.event_id == event_id)
                         .with_for_update()).one()
         merged = sorted({*row.reasons, *(str(r) for r in reasons)}, key=lambda r: PRIORITY[Reason(r)])
-        if merged != list(row.reasons):
+        if merged != list(row.reasons):  # the random rule hashes the event id: firing late, it still chose the event
             c.execute(update(t.items).where(t.items.c.id == row.id).values(
-                reasons=merged, priority=priority([Reason(r) for r in merged])))
+                reasons=merged, priority=priority([Reason(r) for r in merged]), random_sample=Reason.RANDOM in merged))
 
     def report(self, event_id: str, reporter: str, reason: str, now: datetime) -> bool:
         """Record a report; put its event at the front of the queue (reopened if it was reviewed). False if the
@@ -382,9 +385,11 @@ class ReviewStore:
             c.execute(update(t.labels).where(x.id.in_(ids)).values(publishing_since=now))
             rows = c.execute(
                 select(t.labels, t.verdicts.c.topic, t.verdicts.c.partition, t.verdicts.c.offset,
-                       t.events.c.source_topic, t.events.c.source_partition, t.events.c.source_offset)
+                       t.events.c.source_topic, t.events.c.source_partition, t.events.c.source_offset,
+                       t.items.c.random_sample)
                 .join(t.verdicts, t.verdicts.c.id == x.verdict_id, isouter=True)
                 .join(t.events, t.events.c.event_id == x.event_id)
+                .join(t.items, t.items.c.id == x.item_id)
                 .where(x.id.in_(ids)).order_by(x.id)).mappings().all()
         return [DueLabel(r["id"], _audit_label(r)) for r in rows]
 
@@ -543,4 +548,5 @@ def _audit_label(r: Any) -> AuditLabel:
              if r["source_topic"] is not None else None)
     return AuditLabel(event_id=r["event_id"], request_harmful=r["request_harmful"],
                       response_harmful=r["response_harmful"], labeller=r["reviewer"],
-                      labelled_at=utc(r["labelled_at"]), note=r["note"], verdict=verdict, event=event)
+                      labelled_at=utc(r["labelled_at"]), note=r["note"], verdict=verdict, event=event,
+                      random_sample=r["random_sample"])

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated
 
+import structlog
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Form, Header, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -28,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from console import quality
 from console.auth import SESSION_COOKIE, SIGNIN_COOKIE, Access, CsrfRefused, NotSignedIn, Session, same_token
+from console.checks import CheckRefused
 from console.intake import EventReader
 from console.metrics import ConsoleMetrics
 from console.outbox import LabelPublisher
@@ -38,6 +40,7 @@ from console.thumbnails import Thumbnails
 from schemas.events import SourceRef
 from workers.errors import GuardstreamError
 
+log = structlog.get_logger("guardstream.console")
 HERE = FilePath(__file__).parent
 PAGES = {"next_item", "item_page", "quality_page"}
 SECURITY_HEADERS = {
@@ -142,23 +145,23 @@ def create_app(parts: Parts) -> FastAPI:
                      token: Annotated[str, Form(max_length=1024)], csrf: Annotated[str, Form()] = "") -> Response:
         if not same_token(access.signin_csrf(request.cookies.get(SIGNIN_COOKIE)), csrf):
             raise CsrfRefused()
-        who = (reviewer, request.client.host if request.client else "")
-        if access.throttle.blocked(who):
+        try:
+            holds = await access.check_reviewer(reviewer, token, _client(request))
+        except CheckRefused as exc:
             metrics.sign_in_failures.inc()
-            return signin_page(request, 429, "too many failed sign-ins: try again later")
-        if not await run_in_threadpool(access.check_reviewer, reviewer, token):
-            access.throttle.failed(who)
+            refused = signin_page(request, 429, exc.message)
+            return _refused(refused, exc, "sign_in")
+        if not holds:
             metrics.sign_in_failures.inc()
             return signin_page(request, 401, "unknown reviewer or wrong token")
-        access.throttle.succeeded(who)
         response = RedirectResponse("/", status_code=303)
         access.start_session(response, reviewer)
         return response
 
     @app.post("/signout")
-    async def signout(_: Annotated[Session, Depends(checked)]) -> Response:
+    async def signout(reviewer: Annotated[Session, Depends(checked)]) -> Response:
         response = RedirectResponse("/signin", status_code=303)
-        access.end_session(response)
+        access.end_session(response, reviewer)
         return response
 
     # -- reviewing ------------------------------------------------------------------------------------------
@@ -179,7 +182,8 @@ def create_app(parts: Parts) -> FastAPI:
             return page(request, "message.html", status=404, session=reviewer, message=f"there is no item {item_id}")
         mine = next((x for x in item.live_labels if x.reviewer == reviewer.reviewer), None)
         return page(request, "review.html", session=reviewer, item=item, mine=mine, undone=undone,
-                    others_visible=mine is not None or item.done, note_limit=parts.settings.review.max_note_chars)
+                    others_visible=mine is not None or item.done, note_limit=parts.settings.review.max_note_chars,
+                    max_thumbnails=parts.settings.review.max_thumbnails)
 
     @app.post("/items/{item_id}/label")
     async def label(request: Request, item_id: ItemId, reviewer: Annotated[Session, Depends(checked)],
@@ -220,8 +224,9 @@ def create_app(parts: Parts) -> FastAPI:
     @app.get("/items/{item_id}/images/{index}")
     async def image(item_id: ItemId, index: Annotated[int, Path(ge=0, le=64)], _: Annotated[Session, Depends(session)]) -> Response:
         images = await run_in_threadpool(store.images, item_id)
-        if images is None or index >= len(images):
-            return Response("no such image", status_code=404, media_type="text/plain")
+        if images is None or index >= min(len(images), parts.settings.review.max_thumbnails):
+            return Response("no such image, or one the review page does not show", status_code=404,
+                            media_type="text/plain")
         try:
             png = await parts.thumbnails.png(images[index])
         except GuardstreamError as exc:
@@ -246,10 +251,14 @@ def create_app(parts: Parts) -> FastAPI:
     # -- reports --------------------------------------------------------------------------------------------
 
     @app.post("/api/reports", status_code=202)
-    async def report(body: Report, authorization: Annotated[str | None, Header()] = None) -> Response:
+    async def report(request: Request, body: Report, authorization: Annotated[str | None, Header()] = None
+                     ) -> Response:
         if not parts.settings.sampling.reports:
             return JSONResponse({"error": "reports are turned off (SAMPLING__REPORTS)"}, status_code=403)
-        reporter = await run_in_threadpool(access.check_reporter, authorization)
+        try:
+            reporter = await access.check_reporter(authorization, _client(request))
+        except CheckRefused as exc:
+            return _refused(JSONResponse({"error": exc.message}, status_code=429), exc, "report")
         if reporter is None:
             return JSONResponse({"error": "a reporter's bearer token is required"}, status_code=401)
         now = datetime.now(UTC)
@@ -268,6 +277,18 @@ def create_app(parts: Parts) -> FastAPI:
         return JSONResponse({"queued": queued}, status_code=202 if queued else 404)
 
     return app
+
+
+def _client(request: Request) -> str:
+    """The client's address (from X-Forwarded-For when FORWARDED_ALLOW_IPS trusts the proxy): what the sign-in
+    throttle and the per-client check limit key on."""
+    return request.client.host if request.client else ""
+
+
+def _refused(response: Response, refused: CheckRefused, what: str) -> Response:
+    log.info("token_check_refused", what=what, reason=refused.reason, retry_after_s=round(refused.retry_after_s, 3))
+    response.headers["Retry-After"] = refused.retry_after
+    return response
 
 
 async def _queue_reported(parts: Parts, body: Report, now: datetime) -> bool:

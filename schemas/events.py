@@ -3,17 +3,29 @@
 Every model carries ``schema_version``. A reader accepts versions up to ``SCHEMA_VERSION``
 and rejects newer ones, so a producer that upgrades first is noticed instead of misread.
 Unknown fields are rejected: a typo in a producer is a schema error, not a silent default.
+
+Times (`WireTime`, every datetime field of every model) are UTC: a time without an offset is read as UTC,
+a time with one is converted to UTC, so any two times of any records compare. A time that cannot be
+expressed in UTC (year 9999 at a negative offset) is a schema error like any other. A label's time may lie
+at most `MAX_LABEL_CLOCK_SKEW` ahead of the reader's clock: the latest label of an event wins, so a label
+dated in the future would win over every relabel until then; it is refused as undecodable instead.
+
+Coordinates (`SourceRef`) are ones a Kafka broker can have: a legal topic name, a partition and an offset
+within the protocol's int32 and int64, never negative, so seeking to them cannot fail on their shape.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
+# Hosts kept by NTP differ by well under a second; five minutes lets a badly synced labeller's clock
+# through (Kerberos allows the same) while a label from further ahead cannot outlive a relabel by more.
+MAX_LABEL_CLOCK_SKEW = timedelta(minutes=5)
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
@@ -21,6 +33,34 @@ Identifier = Annotated[str, Field(min_length=1, max_length=256)]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # pydantic reports ValueError as a validation error, OverflowError not at all
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from exc
+
+
+def _not_in_future(value: datetime) -> datetime:
+    if value > utcnow() + MAX_LABEL_CLOCK_SKEW:
+        raise ValueError(f"{value.isoformat()} is in the future (more than {MAX_LABEL_CLOCK_SKEW} ahead)")
+    return value
+
+
+def _not_dots(name: str) -> str:
+    if name in {".", ".."}:
+        raise ValueError(f"{name!r} is not a legal topic name")
+    return name
+
+
+WireTime = Annotated[datetime, AfterValidator(_as_utc),
+                     Field(description="UTC; a time without an offset is read as UTC")]
+LabelTime = Annotated[WireTime, AfterValidator(_not_in_future)]
+TopicName = Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[a-zA-Z0-9._-]+$"),
+                      AfterValidator(_not_dots)]
 
 
 class WireModel(BaseModel):
@@ -47,7 +87,7 @@ class ChatEvent(WireModel):
     event_id: Identifier
     conversation_id: Identifier
     tenant: Identifier = "default"
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: WireTime = Field(default_factory=utcnow)
     text: str = ""
     images: list[ImageRef] = Field(default_factory=list)
     response: str | None = None
@@ -87,9 +127,9 @@ class SourceRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    topic: str
-    partition: int
-    offset: int
+    topic: TopicName
+    partition: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    offset: Annotated[int, Field(ge=0, le=2**63 - 1)]
     key: str | None = None
 
 
@@ -118,7 +158,10 @@ class Verdict(WireModel):
     response_score: float | None = None
     reasoning: str = ""
     model: ModelRef
-    policy_version: str
+    policy_version: str = Field(description="the policy the verdict was judged under; since operating points, "
+                                "`<policy>+<point>` (e.g. `1+balanced`)")
+    operating_point: str | None = Field(None, description="the operating point applied (strict, balanced or "
+                                        "permissive), the tenant's; None in verdicts written before points")
     content_key: str | None = None
     cache_hit: bool = False
     decided_by: str | None = None
@@ -130,7 +173,7 @@ class Verdict(WireModel):
     completion_tokens: int | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: ErrorInfo | None = None
-    produced_at: datetime = Field(default_factory=utcnow)
+    produced_at: WireTime = Field(default_factory=utcnow)
     source: SourceRef | None = Field(None, description="where the judged event is (topic, partition, offset), "
                                      "so a label can find it by seeking; None when it came from no topic")
 
@@ -155,7 +198,7 @@ class DeadLetter(WireModel):
     reason: str
     message: str
     retriable: bool = False
-    failed_at: datetime = Field(default_factory=utcnow)
+    failed_at: WireTime = Field(default_factory=utcnow)
 
 
 class AuditLabel(WireModel):
@@ -170,10 +213,14 @@ class AuditLabel(WireModel):
     request_harmful: bool
     response_harmful: bool | None = None
     labeller: Identifier
-    labelled_at: datetime = Field(default_factory=utcnow)
+    labelled_at: LabelTime = Field(default_factory=utcnow)
     note: Annotated[str, Field(max_length=4_000)] = ""
     verdict: SourceRef | None = None
     event: SourceRef | None = None
+    random_sample: bool | None = Field(None, description="true when the reviewed event was chosen by the uniform "
+                                       "random-sample policy (its labels are an unbiased estimate of quality), false "
+                                       "when it was chosen for another reason (model uncertainty, a report...), None "
+                                       "when unknown (labels from outside the console)")
 
 
 class ModelRelease(WireModel):
@@ -186,4 +233,4 @@ class ModelRelease(WireModel):
     kind: Literal["full", "adapter"] = "full"
     base_model: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
-    released_at: datetime = Field(default_factory=utcnow)
+    released_at: WireTime = Field(default_factory=utcnow)

@@ -162,6 +162,15 @@ def lite_guard() -> LiteGuard:
     return LiteGuard.from_settings(GuardSettings())
 
 
+P5 = Path(__file__).resolve().parent.parent / "workers" / "guard" / "artefacts" / "lite_text_head.json"
+
+
+@pytest.fixture(scope="session")
+def p5_guard() -> LiteGuard:
+    """P5's lite guard (frozen embeddings, logistic heads): releases made before the fine-tuned one."""
+    return LiteGuard.from_settings(GuardSettings(lite_artefact=P5))
+
+
 @pytest.fixture
 async def topics(broker: LocalBroker) -> TopicNames:
     names = TopicNames(f"t-{uuid.uuid4().hex[:10]}.")

@@ -10,8 +10,10 @@ from pathlib import Path
 import typer
 
 from topics.admin import TopicCheck, check_topics, count_brokers, create_topics
-from topics.io import produce_events, read_events, tail_topic
+from topics.io import event_lines, produce_events, read_events, tail_topic
 from topics.registry import TopicNames, TopicSpec, choose_replication, topic_specs
+from workers.cli_errors import CommandFailed
+from workers.input_lines import PartialInput
 from workers.settings import KafkaSettings, WorkerSettings
 
 app = typer.Typer(help="Create or verify guardstream's topics.", no_args_is_help=True)
@@ -61,19 +63,32 @@ def check(partitions: int = PARTITIONS, replication: int | None = REPLICATION) -
         raise typer.Exit(1)
 
 
-def produce(path: Path = typer.Argument(..., help="JSON Lines file of ChatEvents")) -> None:
-    """Validate a file of ChatEvents and publish them to the input topic."""
+def produce(
+    path: Path = typer.Argument(..., help="JSON Lines file of ChatEvents"),
+    strict: bool = typer.Option(False, "--strict", help="publish nothing if a line is not a valid ChatEvent "
+                                "(exit 3, naming the first) instead of publishing the others and exiting 6"),
+) -> None:
+    """Validate a file of ChatEvents and publish the valid ones to the input topic; each line that is not one is
+    printed with its line number and field ("not published: FILE:LINE: FIELD: PROBLEM"), and the exit code is 6."""
     k = kafka_settings()
     topic = TopicNames(k.topic_prefix).events
-    count = asyncio.run(produce_events(k, topic, read_events(path)))
+    events, bad = (read_events(path), []) if strict else event_lines(path)
+    if bad and not events:
+        raise CommandFailed(f"none of the {len(bad)} lines of {path} is a valid ChatEvent, first {bad[0]}")
+    for line in bad:
+        typer.echo(f"not published: {line}")
+    count = asyncio.run(produce_events(k, topic, events)) if events else 0
     typer.echo(f"published {count} events to {topic}")
+    if bad:
+        raise PartialInput(f"{len(bad)} of {len(bad) + count} lines of {path} were not published, first {bad[0]}; "
+                           "each is listed above (--strict publishes nothing when a line is bad)")
 
 
 def tail(
     topic: str = typer.Argument(..., help="topic name, or one of: events, verdicts, dlq, audit_labels, models"),
     from_beginning: bool = typer.Option(True, help="start at the earliest offset"),
 ) -> None:
-    """Print a topic's records as JSON lines until interrupted."""
+    """Print a topic's records as JSON lines until interrupted; a topic that does not exist is an error (exit 3)."""
     k = kafka_settings()
     names = TopicNames(k.topic_prefix)
     name = getattr(names, topic) if topic in {"events", "verdicts", "dlq", "audit_labels", "models"} else topic

@@ -1,4 +1,9 @@
-"""Produce records from a file and tail a topic: for people wiring guardstream into a pipeline."""
+"""Produce records from a file and tail a topic: for people wiring guardstream into a pipeline.
+
+A produce file is read a line at a time (`workers/input_lines.py`): `event_lines` keeps the good lines and
+names each bad one (line, field, problem), so `produce` can publish the good ones; `read_events` is the
+strict reading, the first bad line an error. Tailing a topic that does not exist is an error, not a wait.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +15,41 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas.events import ChatEvent
+from workers.cli_errors import CommandFailed, Exit
+from workers.input_lines import BadInputLine, BadLine, bad_line, numbered_lines
 from workers.kafka_clients import as_kafka_settings, client_options, stop_consumer
 from workers.settings import KafkaSettings
 
 
-class InvalidInputLine(ValueError):
-    """A line of the produce file is not a valid ChatEvent."""
+class InvalidInputLine(BadInputLine, ValueError):
+    """A line of the produce file is not a valid ChatEvent; the message names file:line and the field."""
+
+
+class TopicMissing(CommandFailed):
+    """The topic asked for is not in the cluster."""
+
+    exit_code = Exit.INPUT
+
+
+def event_lines(path: Path) -> tuple[list[ChatEvent], list[BadLine]]:
+    """The file's good lines as ChatEvents, and its bad ones, each in order."""
+    events, bad = [], []
+    for number, text in numbered_lines(path):
+        if isinstance(text, BadLine):
+            bad.append(text)
+            continue
+        try:
+            events.append(ChatEvent.model_validate_json(text))
+        except ValidationError as exc:
+            bad.append(bad_line(path, number, exc, text))
+    return events, bad
 
 
 def read_events(path: Path) -> list[ChatEvent]:
-    """JSON Lines of ChatEvents; every line is validated before anything is sent."""
-    events = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            events.append(ChatEvent.model_validate_json(line))
-        except ValidationError as exc:
-            raise InvalidInputLine(f"{path}:{number}: {exc.errors()[0]['msg']}") from exc
+    """JSON Lines of ChatEvents, every line validated before anything is sent: the first bad one raises."""
+    events, bad = event_lines(path)
+    if bad:
+        raise InvalidInputLine(bad[0])
     return events
 
 
@@ -41,8 +63,8 @@ async def produce_events(kafka: KafkaSettings | str, topic: str, events: list[Ch
 async def produce_raw(kafka: KafkaSettings | str, topic: str, records: list[tuple[bytes | None, bytes]]) -> int:
     """Publish (key, value) records and wait until the broker has acknowledged every one."""
     producer = AIOKafkaProducer(**client_options(as_kafka_settings(kafka)), acks="all", linger_ms=5)
-    await producer.start()
-    try:
+    try:  # a start that fails still stops the client (no "Unclosed AIOKafkaProducer" after the error)
+        await producer.start()
         futures = [await producer.send(topic, value, key=key) for key, value in records]
         for future in futures:
             await future
@@ -52,14 +74,18 @@ async def produce_raw(kafka: KafkaSettings | str, topic: str, records: list[tupl
 
 
 async def tail_topic(kafka: KafkaSettings | str, topic: str, from_beginning: bool) -> AsyncIterator[dict[str, object]]:
+    """The topic's records as they come, until the caller stops; TopicMissing if there is no such topic."""
     consumer = AIOKafkaConsumer(
-        topic,
         **client_options(as_kafka_settings(kafka)),
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    await consumer.start()
     try:
+        await consumer.start()
+        if topic not in await consumer.topics():
+            raise TopicMissing(f"topic {topic} does not exist: check its name, or create guardstream's topics "
+                               "with `guardstream topics create`")
+        consumer.subscribe([topic])
         async for record in consumer:
             try:
                 value: object = json.loads(record.value) if record.value else None

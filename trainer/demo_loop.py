@@ -1,18 +1,22 @@
 """`guardstream demo --loop`: the demo, then the loop from labels to a better model, on embedded defaults.
 
-1. The worker judges the demo's samples (the "before" column).
+1. The worker judges the demo's samples and prints them, as the demo does (the "before" column).
 2. It judges labelled traffic (`workers/demo_data.loop_traffic`: everyday and sensitive-topic questions,
    insults and threats, none of them a sample's text), and a simulated reviewer labels every verdict with
    the truth, through its event's coordinates, on the audit topic.
 3. The trainer service stores the labels as a data set in a local folder, runs the lite refit, evaluates
    candidate and serving model on the held-out labels, and releases the candidate if the gate accepts it.
 4. The running worker switches to the release and judges the same sample events again ("after").
+
+What the loop writes (the data set, the refit's scratch, the releases with their reports and decisions) goes
+under `DATA_DIR/demo/<run id>/` and stays there, so every path it prints exists after it exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,12 +28,13 @@ from topics.io import produce_raw
 from trainer.pipeline import RunRecord
 from trainer.service import TrainerService
 from trainer.settings import DatasetSettings, GateSettings, JobSettings, LiteRefitSettings, TrainerSettings
-from workers.demo import DemoStack, demo_stack, wait_for
+from workers.demo import DemoStack, demo_stack, print_verdicts, wait_for
 from workers.demo_data import SAMPLES, loop_traffic, make_events
 from workers.logs import configure_logging
 from workers.settings import ObservabilitySettings
 
-PACKAGE_SAMPLE = 1_500  # package texts the demo's refit uses (all of them: `guardstream train run`)
+PACKAGE_SAMPLE = 400  # package texts and pairs the demo's refit fine-tunes on (all of them: `guardstream train run`)
+REFIT_EPOCHS = 5.0  # a small sample needs more passes to learn the platform's own policy
 SWITCH_WAIT_S = 120.0
 
 
@@ -37,21 +42,33 @@ async def run_loop_demo() -> None:
     configure_logging("console", "warning")
     console = Console(width=max(Console().width, 130))
     async with demo_stack(console) as stack:
-        samples = [event for _, event in make_events(len(SAMPLES), stack.images, stack.run_id)]
+        folder = loop_folder(stack)
+        console.print(f"[bold]loop data[/] {folder} (data set, the refit's scratch, releases and their reports)")
+        pairs = make_events(len(SAMPLES), stack.images, stack.run_id)
+        samples = [event for _, event in pairs]
         before = await _judge(stack, samples, "samples, serving model")
-        # fixed ids: which labels the gate holds out is a function of the id, so every run makes the same split
+        print_verdicts(console, stack.collected, {e.event_id: s for s, e in pairs}, [e.event_id for e in samples])
+        # fixed texts: which labels the gate holds out is a function of the content, so every run makes the same split
         traffic = [(ChatEvent(event_id=f"loop-t{i}", conversation_id=f"t{i % 7}", tenant="demo", text=text),
                     harmful) for i, (text, harmful) in enumerate(loop_traffic())]
         judged = await _judge(stack, [e for e, _ in traffic], "labelled traffic")
         wrong = sum(bool(judged[e.event_id].request_harmful) != harmful for e, harmful in traffic)
         console.print(f"the serving model got [bold]{wrong} of {len(traffic)}[/] traffic verdicts wrong; "
                       "a reviewer labels all of them")
-        record = await _train(stack, [_label(judged[e.event_id], harmful) for e, harmful in traffic])
+        record = await _train(stack, folder, [_label(judged[e.event_id], harmful) for e, harmful in traffic])
         _print_decision(console, record)
         if record.outcome == "released":
             await _wait_for_switch(stack, record.version or "")
         after = await _judge(stack, samples, "samples, after the loop")
     _print_before_after(console, samples, before, after)
+
+
+def loop_folder(stack: DemoStack) -> Path:
+    """This run's folder under the data directory, made at once: unlike the demo's images, it is kept after
+    the demo exits, so the paths printed under it stay valid."""
+    folder = stack.settings.data_dir / "demo" / stack.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 async def _judge(stack: DemoStack, events: list[ChatEvent], label: str) -> dict[str, Verdict]:
@@ -70,14 +87,15 @@ def _label(verdict: Verdict, harmful: bool) -> AuditLabel:
                       event=verdict.source)
 
 
-async def _train(stack: DemoStack, labels: list[AuditLabel]) -> RunRecord:
+async def _train(stack: DemoStack, folder: Path, labels: list[AuditLabel]) -> RunRecord:
+    """The trainer service on the labels; its data set, scratch, state and releases under `folder`."""
     settings = TrainerSettings(
         kafka=stack.settings.kafka, group_id=f"demo-trainer-{stack.run_id}", fetch=stack.settings.fetch,
-        guard=stack.settings.guard,
-        dataset=DatasetSettings(uri=str(stack.folder / "audit-data"), flush_interval_s=0.5),
-        jobs=JobSettings(interval_s=None, after_new_labels=None, work_dir=stack.folder / "runs"),
-        lite_refit=LiteRefitSettings(max_package_examples=PACKAGE_SAMPLE),
-        gate=GateSettings(release_uri=str(stack.folder / "releases"), min_held_out=5),
+        guard=stack.settings.guard, data_dir=folder,
+        dataset=DatasetSettings(flush_interval_s=0.5),
+        jobs=JobSettings(interval_s=None, after_new_labels=None),
+        lite_refit=LiteRefitSettings(max_package_examples=PACKAGE_SAMPLE, epochs=REFIT_EPOCHS),
+        gate=GateSettings(min_held_out=5, held_out_fraction=0.3, regression_max_items=200),
         observability=ObservabilitySettings(health_enabled=False),
     )
     trainer = TrainerService(settings)
@@ -128,14 +146,19 @@ def _print_before_after(console: Console, events: list[ChatEvent], before: dict[
                         after: dict[str, Verdict]) -> None:
     versions = (next(iter(before.values())).model.version, next(iter(after.values())).model.version)
     table = Table(title=f"the same events, before (model {versions[0]}) and after the loop (model {versions[1]})")
-    for column in ("input", "before", "after", ""):
+    for column in ("input", "before", "after", "changed"):
         table.add_column(column, overflow="fold")
     for event in events:
         old, new = before[event.event_id], after[event.event_id]
         what = escape(event.text[:80] + (" [image]" if event.images else "") + (" [+response]" if event.response else ""))
-        changed = "changed" if (old.request_harmful, old.response_harmful) != (new.request_harmful, new.response_harmful) else ""
-        table.add_row(what, _cell(old), _cell(new), changed)
+        table.add_row(what, _cell(old), _cell(new), "yes" if _changed(old, new) else "no")
     console.print(table)
+
+
+def _changed(old: Verdict, new: Verdict) -> bool:
+    """Whether the after verdict decides otherwise than the before one (scores alone do not count)."""
+    return (old.request_harmful, old.response_harmful, old.error is None) != (
+        new.request_harmful, new.response_harmful, new.error is None)
 
 
 def _cell(verdict: Verdict) -> str:

@@ -2,19 +2,26 @@
 
 The report quotes events, responses and reasoning, which whoever sent the events wrote: every piece of
 text is escaped so that it stays inside its table cell and renders as text, never as markup or HTML.
+A figure that is undefined (F1 of a group without harmful items) is written "n/a", and null in the JSON;
+"—" marks a group one of two compared models has no figures for. Lines of the input file that could not
+be read are listed (line, field, problem) in both (`unread_lines`, only where there are some).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from trainer.evaluate import Evaluation, Figures, Mistake, Sweep
 from trainer.labelled import Modality, Task
+from workers.input_lines import BadLine
 
 MISTAKES_SHOWN = 50
 THIS = "this"
+UNDEFINED = "n/a"
+ABSENT = "—"
 F1_PLOT = "f1_by_task_modality.png"
 SWEEP_PLOT = "threshold_sweep.png"
 CONFUSION_PLOT = "confusion.png"
@@ -33,20 +40,21 @@ def escape(text: str) -> str:
 
 
 def write_report(evaluation: Evaluation, out: Path, title: str, baseline: Evaluation | None = None,
-                 baseline_name: str = "serving") -> Path:
+                 baseline_name: str = "serving", unread: Sequence[BadLine] = ()) -> Path:
     """Write `out/report.md`, `out/evaluation.json` and the plots (a stale plot this evaluation has no
-    data for is removed); the report's path."""
+    data for is removed); the report's path. `unread`: the input's lines that could not be read."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2, ensure_ascii=False) + "\n",
+    document = evaluation.to_dict() | ({"unread_lines": [bad.to_dict() for bad in unread]} if unread else {})
+    (out / "evaluation.json").write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     plots = write_plots(evaluation, out, baseline, baseline_name)
     report = out / "report.md"
-    report.write_text(render_markdown(evaluation, title, plots, baseline, baseline_name), encoding="utf-8")
+    report.write_text(render_markdown(evaluation, title, plots, baseline, baseline_name, unread), encoding="utf-8")
     return report
 
 
 def render_markdown(evaluation: Evaluation, title: str, plots: set[str], baseline: Evaluation | None = None,
-                    baseline_name: str = "serving") -> str:
+                    baseline_name: str = "serving", unread: Sequence[BadLine] = ()) -> str:
     """The report's Markdown; `plots` names the image files written beside it."""
     sections = [
         [f"# {escape(title)}", ""],
@@ -56,13 +64,18 @@ def render_markdown(evaluation: Evaluation, title: str, plots: set[str], baselin
         _confusions(evaluation, plots),
         _sweeps(evaluation, plots),
         _errors(evaluation),
+        _unread(unread),
         _mistakes(evaluation.mistakes),
     ]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 
 
 def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+    return UNDEFINED if value is None else f"{value:.4f}"
+
+
+def _difference(new: float | None, old: float | None) -> str:
+    return UNDEFINED if new is None or old is None else f"{new - old:+.4f}"
 
 
 def _row(cells: list[str]) -> str:
@@ -79,14 +92,15 @@ def _headline(evaluation: Evaluation, baseline: Evaluation | None, baseline_name
         f"- **F1 {_number(overall.f1)}** (precision {_number(overall.precision)}, "
         f"recall {_number(overall.recall)}), pooled over every task",
         f"- {overall.n} decisions on {evaluation.items} labelled events; "
-        f"{evaluation.error_count} without an answer (errors, not in the figures)",
+        f"{evaluation.error_count} without an answer (errors, {evaluation.error_rate:.2%} of the decisions, "
+        "scored as wrong answers)",
     ]
     if evaluation.by_task:
         per_task = ", ".join(f"{task.value} {_number(figures.f1)}" for task, figures in evaluation.by_task.items())
         lines.append(f"- F1 per task: {per_task}")
     if baseline is not None:
-        lines.append(f"- F1 of {escape(baseline_name)}: {_number(baseline.f1)} "
-                     f"(difference {evaluation.f1 - baseline.f1:+.4f})")
+        lines.append(f"- F1 of {escape(baseline_name)}: {_number(baseline.overall.f1)} "
+                     f"(difference {_difference(overall.f1, baseline.overall.f1)})")
     return [*lines, ""]
 
 
@@ -119,12 +133,12 @@ def _comparison(evaluation: Evaluation, baseline: Evaluation, baseline_name: str
     rows = []
     for scope in scopes(baseline, evaluation):
         before, after = figures_at(baseline, scope), figures_at(evaluation, scope)
-        row = [scope[0], f"{before.n if before else '—'} / {after.n if after else '—'}"]
+        row = [scope[0], f"{before.n if before else ABSENT} / {after.n if after else ABSENT}"]
         for measure in ("f1", "precision", "recall"):
-            old = getattr(before, measure) if before else None
-            new = getattr(after, measure) if after else None
-            change = f"{new - old:+.4f}" if old is not None and new is not None else "—"
-            row += [_number(old), _number(new), change]
+            old = _number(getattr(before, measure)) if before else ABSENT
+            new = _number(getattr(after, measure)) if after else ABSENT
+            change = _difference(getattr(after, measure), getattr(before, measure)) if before and after else ABSENT
+            row += [old, new, change]
         rows.append(row)
     return [f"## Compared with {name}", "", *_table(header, rows)]
 
@@ -181,8 +195,19 @@ def _errors(evaluation: Evaluation) -> list[str]:
     per_task = ", ".join(f"{task.value}: {count}" for task, count in evaluation.errors.items())
     return ["## Errors", "",
             f"{evaluation.error_count} decisions without an answer ({per_task or 'no task'}): error verdicts, or "
-            "verdicts without a label for the task. They are listed among the mistakes and left out of the figures.",
+            "verdicts without a label for the task. They are listed among the mistakes and scored as wrong answers "
+            "(the opposite of the label); the threshold sweep, which reads scores, leaves them out.",
             ""]
+
+
+def _unread(unread: Sequence[BadLine]) -> list[str]:
+    if not unread:
+        return []
+    rows = [[str(bad.number), escape(bad.field) or "(the whole line)", escape(bad.problem)] for bad in unread]
+    return ["## Lines not read", "",
+            f"{len(unread)} line{'' if len(unread) == 1 else 's'} of the file could not be read and "
+            f"{'is' if len(unread) == 1 else 'are'} not scored:", "",
+            *_table(["line", "field", "problem"], rows)]
 
 
 def _label(value: bool | None) -> str:
@@ -233,6 +258,17 @@ def _pyplot() -> Any:
     return plt
 
 
+def _plotted(value: float | None) -> float:
+    """A figure as a plot takes it: an undefined one is NaN, which draws nothing."""
+    return float("nan") if value is None else value
+
+
+def _bar_label(figures: Figures | None) -> str:
+    if figures is None:
+        return ""
+    return UNDEFINED if figures.f1 is None else f"{figures.f1:.2f}"
+
+
 def _plot_f1(evaluation: Evaluation, baseline: Evaluation | None, baseline_name: str, path: Path) -> None:
     plt = _pyplot()
     models = [(baseline_name, baseline), (THIS, evaluation)] if baseline is not None else [(THIS, evaluation)]
@@ -241,9 +277,9 @@ def _plot_f1(evaluation: Evaluation, baseline: Evaluation | None, baseline_name:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(found)), 4))
     for index, (name, model) in enumerate(models):
         positions = [x - 0.4 + width * (index + 0.5) for x in range(len(found))]
-        values = [figures.f1 if (figures := figures_at(model, scope)) else float("nan") for scope in found]
-        bars = ax.bar(positions, values, width, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        figures = [figures_at(model, scope) for scope in found]
+        bars = ax.bar(positions, [_plotted(f.f1 if f else None) for f in figures], width, label=name)
+        ax.bar_label(bars, labels=[_bar_label(f) for f in figures], fontsize=7)
     ax.set_xticks(range(len(found)), [label.replace(" · ", "\n") for label, _, _ in found])
     ax.set_ylim(0, 1.25)
     ax.set_ylabel("F1")
@@ -262,7 +298,7 @@ def _plot_sweeps(evaluation: Evaluation, path: Path) -> None:
     for ax, (task, sweep) in zip(axes[0], swept, strict=True):
         thresholds = [p.threshold for p in sweep.points]
         for measure in ("precision", "recall", "f1"):
-            ax.plot(thresholds, [getattr(p, measure) for p in sweep.points], marker=".", label=measure)
+            ax.plot(thresholds, [_plotted(getattr(p, measure)) for p in sweep.points], marker=".", label=measure)
         ax.axvline(sweep.best_threshold, color="grey", linestyle="--", linewidth=1)
         auc = f"{sweep.auc:.3f}" if sweep.auc is not None else "n/a"
         ax.set_title(f"{task.value}: best {sweep.best_threshold:.2f}, AUC {auc}")

@@ -1,7 +1,10 @@
 """Export a range of the audit labels topic into the trainer's data set (`guardstream replay --export`):
 a data set rebuilt or backfilled from the topic, through the same resolution and shards as the trainer
-service. Each batch becomes one shard before the position moves on; unresolvable labels are counted by
-reason. Exporting a range twice stores its labels twice, and the data set keeps the latest of each event."""
+service. Each batch becomes one committed shard before the position moves on; unresolvable labels are
+counted by reason. Exporting a range twice stores its labels twice, and the data set keeps the latest of
+each event. The export may run while the trainer writes the same data set: both append through the commit
+log's conditional create (`trainer/dataset.py`), so neither drops the other's shards, and a batch whose
+commit other writers keep beating fails the export (`ConcurrentWriter`) before its position moves."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ Two sources read into the same `LabelledEvent`:
     "request_label": "harmful" | "unharmful", "response_label": "harmful" | "unharmful" | null}`.
   `image` may also be called `images`, `request_label` `prompt_label`. Labels may also be booleans
   (true = harmful), and `id` names the item (else its line number). A relative image path is resolved
-  against the file's folder. A line that does not fit is an error naming the line, never skipped.
+  against the file's folder. A line that does not fit is a `BadLine` naming the line and the field
+  (`reference_lines`), never skipped in silence; the strict readers raise it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from schemas.events import ChatEvent, ImageRef
+from workers.input_lines import BadInputLine, BadLine, bad_line, numbered_lines
 
 
 class Task(StrEnum):
@@ -65,20 +67,29 @@ class LabelledEvent:
         return self.request_harmful if task is Task.REQUEST else self.response_harmful
 
 
-class BadLabelledFile(ValueError):
-    """A labelled JSONL line that is not an item of the reference layout; the message names the line."""
+class BadLabelledFile(BadInputLine, ValueError):
+    """A labelled JSONL line that is not an item of the reference layout; the message names the line and field."""
 
 
-def _harm_label(value: Any) -> Any:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("harmful", "unsafe", "1", "true"):
-            return True
-        if lowered in ("unharmful", "harmless", "safe", "0", "false"):
-            return False
-        if lowered in ("", "none", "null"):
-            return None
-    return value
+LABEL_WORDS = "harmful or unharmful; true/false also work"
+_HARMFUL = ("harmful", "unsafe", "1", "true")
+_UNHARMFUL = ("unharmful", "harmless", "safe", "0", "false")
+# ChatEvent's fields by the names the reference layout gives them, for errors met building the event
+_FILE_NAMES = {"text": "prompt", "images": "image", "event_id": "id", "conversation_id": "id"}
+
+
+def _harm_label(value: Any) -> bool | None:
+    """A label as True (harmful), False or None (no label); anything else is refused, saying what labels are."""
+    if value is None or isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower() if isinstance(value, str | int) else None
+    if lowered in _HARMFUL:
+        return True
+    if lowered in _UNHARMFUL:
+        return False
+    if lowered in ("", "none", "null"):
+        return None
+    raise ValueError(f"{value!r} is not a label: labels are {LABEL_WORDS}")
 
 
 HarmLabel = Annotated[bool | None, BeforeValidator(_harm_label)]
@@ -113,29 +124,59 @@ def image_uri(reference: str, folder: Path) -> str:
     return (path if path.is_absolute() else (folder / path)).resolve().as_uri()
 
 
-def read_reference_jsonl(path: Path) -> Iterator[tuple[ReferenceItem, ChatEvent]]:
-    """Each line as its item and the ChatEvent it stands for (event id: the item's id, else `line-N`)."""
+@dataclass(frozen=True)
+class ReferenceLine:
+    """A good line: its number, its item and the ChatEvent it stands for."""
+
+    number: int
+    item: ReferenceItem
+    event: ChatEvent
+
+    @property
+    def labelled(self) -> bool:
+        return self.item.request_label is not None or self.item.response_label is not None
+
+    def labelled_event(self, source: str) -> LabelledEvent:
+        return LabelledEvent(self.event, self.item.request_label, self.item.response_label, source=source)
+
+
+def reference_lines(path: Path) -> Iterator[ReferenceLine | BadLine]:
+    """Each non-blank line, in order: a ReferenceLine (event id: the item's id, else `line-N`), or a BadLine
+    naming the field at fault as the file names it."""
     folder = path.resolve().parent
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = ReferenceItem.model_validate_json(line)
-                event = ChatEvent(
-                    event_id=item.id or f"line-{number}", conversation_id=item.id or f"line-{number}",
-                    text=item.prompt, response=item.response,
-                    images=[ImageRef(uri=image_uri(i, folder)) for i in item.images],
-                )
-            except ValidationError as exc:
-                raise BadLabelledFile(f"{path}:{number}: {exc.errors()[0]['msg']}") from exc
-            yield item, event
+    for number, text in numbered_lines(path):
+        if isinstance(text, BadLine):
+            yield text
+            continue
+        try:
+            item = ReferenceItem.model_validate_json(text)
+        except ValidationError as exc:
+            yield bad_line(path, number, exc, text)
+            continue
+        try:
+            event = ChatEvent(
+                event_id=item.id or f"line-{number}", conversation_id=item.id or f"line-{number}",
+                text=item.prompt, response=item.response,
+                images=[ImageRef(uri=image_uri(i, folder)) for i in item.images],
+            )
+        except ValidationError as exc:
+            bad = bad_line(path, number, exc, text, _FILE_NAMES)
+            yield bad if bad.field else BadLine(path, number, "prompt", bad.problem, bad.item_id)
+            continue
+        yield ReferenceLine(number, item, event)
+
+
+def read_reference_jsonl(path: Path) -> Iterator[tuple[ReferenceItem, ChatEvent]]:
+    """Each line as its item and its ChatEvent; the first bad line raises BadLabelledFile."""
+    for line in reference_lines(path):
+        if isinstance(line, BadLine):
+            raise BadLabelledFile(line)
+        yield line.item, line.event
 
 
 def labelled_from_jsonl(path: Path) -> list[LabelledEvent]:
-    """The items that carry a label, as LabelledEvents (an item without any is not scored)."""
-    return [
-        LabelledEvent(event, item.request_label, item.response_label, source=path.name)
-        for item, event in read_reference_jsonl(path)
-        if item.request_label is not None or item.response_label is not None
-    ]
+    """The items that carry a label, as LabelledEvents (an item without any is not scored); the first bad
+    line raises BadLabelledFile."""
+    return [LabelledEvent(event, item.request_label, item.response_label, source=path.name)
+            for item, event in read_reference_jsonl(path)
+            if item.request_label is not None or item.response_label is not None]

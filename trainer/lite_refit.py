@@ -1,39 +1,39 @@
-"""The `lite-refit` job: the lite guard's request and response heads, refitted on package data plus audit labels.
+"""The `lite-refit` job: the lite guard fine-tuned again, on package data plus audit labels, through the same
+training code as `make train-lite` (`trainer/lite_build.py`, `trainer/lite_tune.py`).
 
-- Package data: what `make train-lite` trains on: request texts (`trainer/lite_data.py`) and response pairs
-  (`trainer/lite_pairs.py`), optionally a fixed-seed sample of each (`lite_refit.max_package_examples`).
-  Their embeddings are computed once per text set and embedding model and kept in
-  `lite_refit.embedding_cache_dir`.
-- Audit examples: each labelled event gives its request text with the request label to the request head
+- It goes on from a fine-tuned model (`lite_refit.start_artefact`, the shipped one by default) rather than
+  from the base model, so a few passes over the new labels are enough.
+- Package data: what `make train-lite` trains on (package texts and pairs, the contrast corpus' train
+  part), optionally a fixed-seed sample of each (`lite_refit.max_package_examples`).
+- Audit examples: each labelled event gives its request text with the request label to the request stage
   and, when the label judges a response, the (request text, response) pair with the response label to the
-  response head. They weigh `lite_refit.audit_weight` each against a package item's 1. Image-only events
-  have no text for either head.
-- The thresholds are tuned for F1 on a validation part chosen by event (both texts of one event always fall
-  on the same side), then the heads are refitted on all the training data. The evaluation that decides a
-  release happens later, on held-out events this job never received.
+  response stage. They weigh `lite_refit.audit_weight` each against a package item's 1. Image-only events
+  have no text for either stage.
+- The operating points are chosen again, on the same validation data as the build's. The evaluation that
+  decides a release happens later, on held-out events this job never received, and on the gate's
+  regression set.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
-from trainer.dataset import held_out
 from trainer.jobs import Candidate, TrainingData
 from trainer.labelled import LabelledEvent, Task
-from trainer.lite_build import package_data
+from trainer.lite_build import train_model, training_data
 from trainer.lite_data import LICENCES
-from trainer.lite_head import EMBEDDING_MODEL, RequestData, ResponseData, Vectors, rows_mask, tuned_heads
+from trainer.lite_examples import RequestData, ResponseData, rows_mask
+from trainer.lite_tune import TuneConfig
 from trainer.settings import LiteRefitSettings
-from workers.guard.lite import load_embedder
+from workers.guard.lite_tuned import DEFAULT_ARTEFACT as ARTEFACT
+from workers.guard.lite_tuned import TunedLiteModel
 
-ARTEFACT = "lite_text_head.json"
-VALIDATION_FRACTION = 0.2
 T = TypeVar("T")
 
 
@@ -76,31 +76,25 @@ class LiteRefit:
 
     def train(self, data: TrainingData, out_dir: Path) -> Candidate:
         limit, seed = self.settings.max_package_examples, self.settings.seed
-        package_request, package_response = package_data()
+        package_request, package_response = training_data()
         request_rows = sample(list(range(len(package_request.y))), package_request.y.tolist(), limit, seed)
         response_rows = sample(list(range(len(package_response.y))), package_response.y.tolist(), limit, seed)
         package_request = package_request.subset(rows_mask(len(package_request.y), request_rows))
         package_response = package_response.subset(rows_mask(len(package_response.y), response_rows))
         audit_request, audit_response = audit_data(data.examples, self.settings.audit_weight)
-        request = package_request.join(audit_request)
-        response = package_response.join(audit_response)
-        embedder = load_embedder(self.settings.threads)
-        package_texts = [*package_request.texts, *package_response.prompts, *package_response.responses]
-        vectors = Vectors(embedder, package_texts, cache=self._cache_path(package_texts))
-        vectors.add(embedder, [*audit_request.texts, *audit_response.prompts, *audit_response.responses])
-
-        # the split unit: an event (both its texts on one side), or the package item itself
-        request_val = np.array([_validation(g, t) for g, t in zip(request.sources, request.texts, strict=True)])
-        response_val = np.array([_validation(g, t) for g, t in zip(response.sources, response.prompts, strict=True)])
-        tuned = tuned_heads(request, response, vectors, request_val, response_val)
-        heads = tuned.heads
-        model = heads.model()
+        start = TunedLiteModel.load(self.settings.start_artefact)
+        config = TuneConfig(epochs=self.settings.epochs, max_steps=self.settings.max_steps, seed=seed,
+                            threads=self.settings.threads)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / ARTEFACT
+        model, _ = train_model(package_request.join(audit_request), package_response.join(audit_response), config,
+                               path, start)
         version = f"lite-{datetime.now(UTC):%Y%m%dT%H%M%S}-{model.fingerprint[:8]}"
         metadata = {
-            "embedding_model": EMBEDDING_MODEL,
             "trained_by": "trainer/lite_refit.py (job lite-refit)",
             "version": version,
             "licences": LICENCES,
+            "started_from": str(self.settings.start_artefact or "the shipped lite model"),
             "sources": {
                 "package": {"request_texts": len(package_request.y), "response_pairs": len(package_response.y),
                             "sample": limit},
@@ -109,21 +103,8 @@ class LiteRefit:
                           "response_pairs": len(audit_response.y), "weight": self.settings.audit_weight,
                           "held_out_events_excluded": data.held_out_events},
             },
-            "validation": {**tuned.validation, "split": "by event (sha256 of the event id)"},
-            "seed": seed,
+            "tuning": {"epochs": config.epochs, "max_steps": config.max_steps, "seed": seed},
         }
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / ARTEFACT
-        heads.model(metadata).save(path)
+        replace(model, metadata=metadata).save(path)
         return Candidate(version=version, backend="lite", artefact=path, metadata=metadata)
 
-    def _cache_path(self, texts: list[str]) -> Path:
-        digest = hashlib.sha256(EMBEDDING_MODEL.encode())
-        for text in texts:
-            digest.update(hashlib.sha256(text.encode()).digest())
-        return self.settings.embedding_cache_dir / f"{digest.hexdigest()[:24]}.npy"
-
-
-def _validation(group: str, text: str) -> bool:
-    key = group if group.startswith("audit:") else f"package:{text}"
-    return held_out(key, VALIDATION_FRACTION, salt="lite-refit-validation")

@@ -17,9 +17,12 @@ class TrainerMetrics:
         self.labels_resolved = Counter("guardstream_trainer_labels_resolved",
                                        "Labels resolved to their event (and verdict)", registry=r)
         self.labels_unresolvable = Counter("guardstream_trainer_labels_unresolvable",
-                                           "Labels that can never be resolved, by reason", ["reason"], registry=r)
+                                           "Labels skipped, by reason: never resolvable, "
+                                           "a lasting read error (broker_error_lasting), a bug met on the record "
+                                           "(resolve_failed)", ["reason"], registry=r)
         self.resolve_retries = Counter("guardstream_trainer_resolve_retries",
-                                       "Resolutions retried after a broker error", registry=r)
+                                       "Resolutions retried after a broker error (readiness "
+                                     "is down while a label is retried)", registry=r)
         self.examples_written = Counter("guardstream_trainer_examples_written",
                                         "Examples written to data set shards", registry=r)
         self.shards_written = Counter("guardstream_trainer_shards_written", "Data set shards written", registry=r)

@@ -1,14 +1,20 @@
 """One run of a job, the same for every job: data, training, evaluation, gate, release.
 
-1. The data set's latest labels are split by event: held-out events (a fixed hash of the event id,
-   `gate.held_out_fraction`) are never given to the job.
+1. The data set's latest labels are split by content: held-out events (a fixed hash of the event's
+   content key, `gate.held_out_fraction`, `trainer/held_out.py`) are never given to the job.
 2. The job trains a candidate (on a thread; it may take minutes).
 3. The candidate and the model serving now (the last release in `moderation.models`, else the
-   configured guard) are evaluated on the same held-out labels; the report (Markdown, plots, JSON) is
-   written locally and stored under `gate.release_uri/<version>/report/`.
+   configured guard) are evaluated on the same held-out labels, and again on the part of them chosen by
+   uniform random sampling, and both on the gate's regression set (`trainer/regression.py`: hard cases and
+   over-blocking contrasts no job trains on); the report (Markdown, plots, JSON) is written locally and stored under
+   `gate.release_uri/<version>/report/`.
 4. The gate decides (`trainer/gate.py`). Only a candidate it accepts is uploaded and published as a
    `ModelRelease`, which running workers switch to. Every decision, released or not, is logged with its
-   figures, stored beside the report as `decision.json` and returned for the trainer's status.
+   figures and the held-out set's make-up, stored beside the report as `decision.json` and returned for
+   the trainer's status.
+
+A job runs on the trainer's event loop, beside faust's heartbeats: whatever costs CPU (splitting,
+scoring, the report and its plots, reading artefacts) runs on a thread.
 """
 
 from __future__ import annotations
@@ -24,14 +30,16 @@ import obstore
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from schemas.events import ModelRelease
+from schemas.events import ModelRelease, Verdict
 from topics.registry import TopicNames
-from trainer.dataset import DataSet, dumps, held_out, open_store
+from trainer.dataset import DataSet, dumps, open_store
 from trainer.eval_report import write_report
 from trainer.evaluate import Evaluation, evaluate
-from trainer.gate import GateDecision, decide
+from trainer.gate import Composition, GateDecision, RandomPart, decide
+from trainer.held_out import split
 from trainer.jobs import Candidate, TrainingData, make_job
 from trainer.labelled import LabelledEvent
+from trainer.regression import regression_set
 from trainer.settings import TrainerSettings
 from workers.artefacts import materialise
 from workers.guard.registry import load_backend
@@ -68,50 +76,63 @@ class NoLabelledData(RuntimeError):
 
 async def run_job(name: str, settings: TrainerSettings, trigger: str = "manual") -> RunRecord:
     record = RunRecord(job=name, trigger=trigger, started_at=datetime.now(UTC))
+    log.info("job_started", job=name, trigger=trigger, data_dir=str(settings.data_dir), dataset=settings.dataset.uri,
+             work_dir=str(settings.jobs.work_dir), releases=settings.gate.release_uri)
     try:
         await _run(name, settings, record)
     except Exception as exc:
         record.outcome, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        record.finished_at = datetime.now(UTC)
         log.exception("job_failed", job=name, trigger=trigger)
-    record.finished_at = datetime.now(UTC)
+    record.finished_at = record.finished_at or datetime.now(UTC)
     return record
 
 
 async def _run(name: str, settings: TrainerSettings, record: RunRecord) -> None:
-    dataset = DataSet.open(settings.dataset.uri, settings.fetch)
+    dataset = DataSet.open(settings.dataset.uri, settings.fetch, settings.dataset)
     manifest = await dataset.manifest()
-    labelled = [example.labelled() for example in await dataset.load()]
-    if not labelled:
+    examples = await dataset.load()
+    if not examples:
         raise NoLabelledData(f"no labelled events in {settings.dataset.uri}")
-    fraction = settings.gate.held_out_fraction
-    evaluation_set = [e for e in labelled if held_out(e.event.event_id, fraction)]
-    training = TrainingData([e for e in labelled if not held_out(e.event.event_id, fraction)], settings.dataset.uri,
-                            manifest.updated_at.isoformat(), len(evaluation_set))
-    if len(evaluation_set) < settings.gate.min_held_out:  # no gate could pass: do not spend the training
+    held = await asyncio.to_thread(split, examples, settings.gate.held_out_fraction)
+    composition = Composition.of(held.random_sample)
+    if composition.total < settings.gate.min_held_out:  # no gate could pass: do not spend the training
         record.outcome = "refused"
-        record.decision = {"reason": f"{len(evaluation_set)} held-out labels, fewer than gate.min_held_out="
-                           f"{settings.gate.min_held_out}", "held_out": len(evaluation_set)}
+        record.decision = {"reason": f"{composition.total} held-out labels, fewer than gate.min_held_out="
+                           f"{settings.gate.min_held_out}", "held_out": composition.total,
+                           "composition": asdict(composition)}
         log.info("release_decision", job=name, trigger=record.trigger, outcome=record.outcome, **record.decision)
         return
+    training = TrainingData(held.training, settings.dataset.uri, manifest.updated_at.isoformat(), composition.total)
     run_dir = settings.jobs.work_dir / f"{name}-{record.started_at:%Y%m%dT%H%M%S%f}"
     candidate = await asyncio.to_thread(make_job(name, settings).train, training, run_dir / "candidate")
     record.version = candidate.version
 
     serving_guard = await _serving_guard(settings)
     record.serving_version = serving_guard.model_version
-    serving = await _evaluate(serving_guard, evaluation_set, settings)
-    scored = await _evaluate(_candidate_guard(settings.guard, candidate), evaluation_set, settings)
-    decision = decide(scored, serving, len(evaluation_set), settings.gate)
+    candidate_guard = _candidate_guard(settings.guard, candidate)
+    serving, serving_verdicts = await _evaluate(serving_guard, held.evaluation, settings)
+    scored, verdicts = await _evaluate(candidate_guard, held.evaluation, settings)
+    random_part = await asyncio.to_thread(held.random_part, verdicts, serving_verdicts)
+    regression = await _regression(serving_guard, candidate_guard, settings)
+    decision = decide(scored, serving, composition.total, settings.gate, composition, random_part, regression)
     record.decision = decision.to_dict()
-    report = write_report(scored, run_dir / "report", f"{name} candidate {candidate.version}", baseline=serving,
-                          baseline_name=f"serving {serving_guard.model_version}")
+    report = await write_run_report(scored, serving, run_dir / "report", f"{name} candidate {candidate.version}",
+                                    f"serving {serving_guard.model_version}")
     record.report = await _store_folder(settings, f"{candidate.version}/report", report.parent)
     if decision.release:
         record.artefact_uri = await _store_artefact(settings, candidate)
         await _publish(settings, _release(settings, candidate, record.artefact_uri, scored, serving))
     record.outcome = "released" if decision.release else "refused"
+    record.finished_at = datetime.now(UTC)  # decision.json is the run's record: it says when the run ended
     await _store_bytes(settings, f"{candidate.version}/decision.json", dumps(record.to_dict()))
     _log_decision(record, decision)
+
+
+async def write_run_report(scored: Evaluation, serving: Evaluation, out: Path, title: str,
+                           serving_name: str) -> Path:
+    """The candidate's report against the serving model, written on a thread: its plots take seconds."""
+    return await asyncio.to_thread(write_report, scored, out, title, baseline=serving, baseline_name=serving_name)
 
 
 async def _serving_guard(settings: TrainerSettings) -> GuardSettings:
@@ -129,14 +150,25 @@ def _candidate_guard(guard: GuardSettings, candidate: Candidate) -> GuardSetting
     return release_settings(guard, local, candidate.artefact)
 
 
-async def _evaluate(guard: GuardSettings, items: list[LabelledEvent], settings: TrainerSettings) -> Evaluation:
+async def _regression(serving: GuardSettings, candidate: GuardSettings,
+                      settings: TrainerSettings) -> RandomPart | None:
+    """Both models scored on the regression set, or None where the gate is told to score none."""
+    if settings.gate.regression_max_items == 0:
+        return None
+    items = await asyncio.to_thread(regression_set, settings.gate.regression_max_items)
+    (serving_figures, _), (candidate_figures, _) = (await _evaluate(serving, items, settings),
+                                                    await _evaluate(candidate, items, settings))
+    return RandomPart(candidate=candidate_figures, serving=serving_figures)
+
+
+async def _evaluate(guard: GuardSettings, items: list[LabelledEvent],
+                    settings: TrainerSettings) -> tuple[Evaluation, list[Verdict]]:
     backend = await asyncio.to_thread(load_backend, guard)
     try:
         async with OfflineModerator(backend, guard, settings.fetch) as moderator:
-            evaluation, _ = await evaluate(moderator, items, settings.gate.eval_batch_size)
+            return await evaluate(moderator, items, settings.gate.eval_batch_size)
     finally:
         await backend.close()
-    return evaluation
 
 
 def _release(settings: TrainerSettings, candidate: Candidate, artefact_uri: str, scored: Evaluation,
@@ -169,20 +201,26 @@ async def _store_bytes(settings: TrainerSettings, relative: str, body: bytes) ->
     return _location(settings, relative)
 
 
+async def _store_file(settings: TrainerSettings, relative: str, path: Path) -> str:
+    return await _store_bytes(settings, relative, await asyncio.to_thread(path.read_bytes))
+
+
 async def _store_folder(settings: TrainerSettings, relative: str, folder: Path) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        await _store_bytes(settings, f"{relative}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+        await _store_file(settings, f"{relative}/{path.relative_to(folder).as_posix()}", path)
     return _location(settings, relative)
 
 
 async def _store_artefact(settings: TrainerSettings, candidate: Candidate) -> str:
     if candidate.artefact.is_dir():
         return await _store_folder(settings, f"{candidate.version}/artefact", candidate.artefact)
-    return await _store_bytes(settings, f"{candidate.version}/{candidate.artefact.name}", candidate.artefact.read_bytes())
+    return await _store_file(settings, f"{candidate.version}/{candidate.artefact.name}", candidate.artefact)
 
 
 def _log_decision(record: RunRecord, decision: GateDecision) -> None:
     log.info("release_decision", job=record.job, trigger=record.trigger, outcome=record.outcome,
              candidate=record.version, serving=record.serving_version, reason=decision.reason,
              candidate_f1=decision.candidate_f1, serving_f1=decision.serving_f1, held_out=decision.held_out,
+             composition=decision.composition, random_candidate_f1=decision.random_candidate_f1,
+             random_serving_f1=decision.random_serving_f1, candidate_error_rate=decision.candidate_error_rate,
              task_change=decision.task_change, report=record.report)

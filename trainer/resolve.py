@@ -8,6 +8,11 @@ A label that can never be resolved raises `Unresolvable` with a reason code (cou
 acknowledged: retrying cannot help): a record outside its partition's log, or of another event, is
 missing for good. A broker that does not answer, or a record inside the log that does not arrive within
 the timeout, raises a KafkaError, and the label waits to be tried again, uncommitted.
+
+Coordinates come from records anyone may write (labels, verdicts, reports), so the reader trusts none of
+them: it reads only the configured events and verdicts topics (any other name is refused before the broker
+is asked about it: a metadata request makes a broker that auto-creates topics create it), and coordinates
+the consumer refuses or that Kafka cannot have are that record's `BadCoordinates`, never the reader's error.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import asyncio
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from pydantic import BaseModel, ValidationError
 
 from schemas.events import AuditLabel, ChatEvent, SourceRef, Verdict
+from topics.registry import TopicNames
 from trainer.dataset import AuditExample
 from workers.kafka_clients import client_options, stop_consumer
 from workers.settings import KafkaSettings, LimitSettings
@@ -57,12 +63,27 @@ class ErrorVerdictWithoutEvent(Unresolvable):
     reason = "verdict_without_source"  # the verdict names no event coordinates (replayed from a file…)
 
 
+class TopicNotAllowed(Unresolvable):
+    reason = "topic_not_allowed"  # neither the events nor the verdicts topic: never looked up
+
+
+class BadCoordinates(Unresolvable):
+    reason = "bad_coordinates"  # a partition or offset no Kafka log can have, or one the consumer refuses
+
+
+MAX_PARTITION = 2**31 - 1  # the protocol's int32
+MAX_OFFSET = 2**63 - 1  # and int64: past these, encoding the fetch would fail in the consumer's own task
+
+
 class RecordReader:
-    """Reads single records at given coordinates with one unassigned-group consumer."""
+    """Reads single records of the events and verdicts topics at given coordinates with one unassigned-group
+    consumer."""
 
     def __init__(self, kafka: KafkaSettings, timeout_s: float) -> None:
         self.kafka = kafka
         self.timeout_s = timeout_s
+        names = TopicNames(kafka.topic_prefix)
+        self.topics = frozenset({names.events, names.verdicts})
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -78,9 +99,7 @@ class RecordReader:
         """The value of the record at `ref`: RecordMissing if the log has none there, RecordUnavailable
         (retriable) if it should and none came within the timeout."""
         assert self._consumer is not None, "start() first"
-        tp = TopicPartition(ref.topic, ref.partition)
-        self._consumer.assign([tp])
-        self._consumer.seek(tp, ref.offset)
+        tp = self._seek(ref)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while (left := deadline - asyncio.get_running_loop().time()) > 0:
             batch = await self._consumer.getmany(tp, timeout_ms=int(left * 1000) + 1, max_records=16)
@@ -91,6 +110,21 @@ class RecordReader:
                     raise RecordMissing(f"{ref.topic}[{ref.partition}]@{ref.offset} is gone (next is {record.offset})")
         await self._check_in_log(tp, ref)
         raise RecordUnavailable(f"{_at(ref)} is inside the log but was not delivered within {self.timeout_s}s")
+
+    def _seek(self, ref: SourceRef) -> TopicPartition:
+        """Point the consumer at `ref`, refusing what it must not or cannot read before any request is sent."""
+        assert self._consumer is not None
+        if ref.topic not in self.topics:
+            raise TopicNotAllowed(f"{_at(ref)}: only {sorted(self.topics)} are read")
+        if not (0 <= ref.partition <= MAX_PARTITION and ref.offset <= MAX_OFFSET):
+            raise BadCoordinates(f"{_at(ref)} is outside Kafka's ranges")
+        tp = TopicPartition(ref.topic, ref.partition)
+        try:
+            self._consumer.assign([tp])
+            self._consumer.seek(tp, ref.offset)
+        except (ValueError, TypeError, IllegalStateError) as exc:  # seek refuses a negative offset with ValueError
+            raise BadCoordinates(f"{_at(ref)}: {exc}") from exc
+        return tp
 
     async def _check_in_log(self, tp: TopicPartition, ref: SourceRef) -> None:
         """RecordMissing if the offset is outside the partition's log (a KafkaError if the broker cannot say)."""

@@ -5,11 +5,14 @@ flush shards and run the scheduled jobs. The agent resolves each label by seekin
 and holds it, unacknowledged, until the shard that stores it is durable (`trainer/dataset.py`); only then
 are the labels acknowledged, and faust commits acknowledged offsets. A crash before that re-reads them;
 the data set's dedup by event id absorbs the repeat. Faust's tables, its web server and `exactly_once`
-are not used (the local broker restores tables wrongly and has no idempotent producer); /healthz,
+are not used (the local broker restores tables wrongly and has no idempotent producer), and the folder faust
+makes anyway lies under the data directory (`TrainerSettings.state_dir`), never the working directory; /healthz,
 /metrics and /status come from the health server every service shares.
 
 While shards cannot be written (storage down), the agent stops consuming at `2 × shard_max_examples`
 waiting labels and retries the write with a backoff: labels wait on the topic, nothing is dropped.
+Each label ends as an example or a counted skip (`trainer/collect.py`), so no label stops the agent; should
+the agent crash anyway, faust restarts it and readiness says so until the trainer is restarted.
 Jobs run one at a time, away from the agent; a trigger that comes while one runs is folded into it.
 """
 
@@ -22,14 +25,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError
 
 from schemas.events import SourceRef
 from topics.registry import TopicNames
+from trainer.collect import LabelCollector
 from trainer.dataset import AuditExample, DataSet
 from trainer.metrics import TrainerMetrics
 from trainer.pipeline import RunRecord, run_job
-from trainer.resolve import RecordReader, Resolver, Unresolvable
+from trainer.resolve import RecordReader, Resolver
 from trainer.settings import TrainerSettings
 from workers.backoff import backoff_s
 from workers.health import HealthServer
@@ -72,9 +75,10 @@ class TrainerService:
         self.settings = settings
         self.topics = TopicNames(settings.kafka.topic_prefix)
         self.metrics = TrainerMetrics()
-        self.dataset = DataSet.open(settings.dataset.uri, settings.fetch)
+        self.dataset = DataSet.open(settings.dataset.uri, settings.fetch, settings.dataset)
         self.reader = RecordReader(settings.kafka, settings.dataset.resolve_timeout_s)
         self.resolver = Resolver(self.reader, settings.limits)
+        self.collector = LabelCollector(self.resolver, settings.kafka, settings.labels, self.metrics)
         self.runs: deque[RunRecord] = deque(maxlen=RUNS_KEPT)
         self.health: HealthServer | None = None
         self._pending: list[tuple[Any, AuditExample | None]] = []  # faust events, in consumption order
@@ -85,6 +89,8 @@ class TrainerService:
         self._new_labels = 0  # stored since the last job run started
         self.examples_stored = 0  # by this process, repeats of an event included
         self._flush_failures = 0
+        self._agent_crashes = 0
+        self._agent_crash: str | None = None
         self._stopping = asyncio.Event()
         self._started = False
         self.app = self._build_app()
@@ -108,9 +114,11 @@ class TrainerService:
                                        self.problems, self.status)
             await self.health.start()
         await self.reader.start()
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust makes the last folder only
         await self.app.start()
         self._started = True
-        log.info("trainer_started", labels=self.topics.audit_labels, dataset=self.settings.dataset.uri,
+        log.info("trainer_started", labels=self.topics.audit_labels, data_dir=str(self.settings.data_dir),
+                 dataset=self.settings.dataset.uri, releases=self.settings.gate.release_uri,
                  jobs=self.settings.jobs.scheduled, health_port=self.health.port if self.health else None)
 
     async def shutdown(self) -> None:
@@ -134,11 +142,17 @@ class TrainerService:
         out = []
         if self._flush_failures:
             out.append(f"data set writes failing ({self._flush_failures} in a row); labels wait uncommitted")
+        if self.collector.problem:
+            out.append(self.collector.problem)
+        if self._agent_crash:
+            out.append(f"the label agent crashed {self._agent_crashes} times (last: {self._agent_crash}); faust "
+                       "restarted it, and the label it held stays uncommitted until the trainer restarts")
         return out
 
     def status(self) -> dict[str, Any]:
         return {
             "labels_topic": self.topics.audit_labels,
+            "data_dir": str(self.settings.data_dir),
             "dataset": self.settings.dataset.uri,
             "pending_labels": len(self._pending),
             "new_labels_since_last_run": self._new_labels,
@@ -152,7 +166,8 @@ class TrainerService:
         s = self.settings
         app = faust.App(
             s.group_id, broker=f"kafka://{s.kafka.bootstrap_servers}", broker_credentials=faust_credentials(s.kafka),
-            web_enabled=False, topic_disable_leader=True, topic_allow_declare=False, store="memory://",
+            datadir=str(s.state_dir), web_enabled=False, topic_disable_leader=True, topic_allow_declare=False,
+            store="memory://",
             autodiscover=False, stream_wait_empty=False, producer_acks=-1,
             consumer_auto_offset_reset="earliest", broker_commit_interval=s.kafka.commit_interval_ms / 1000,
             broker_session_timeout=s.kafka.session_timeout_ms / 1000,
@@ -168,16 +183,25 @@ class TrainerService:
 
     async def _collect(self, stream: Any) -> None:
         self._stream = stream
-        async for event in stream.noack().events():
-            self.metrics.labels_seen.inc()
-            message = event.message
-            source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset,
-                               key=message.key.decode("utf-8", "replace") if message.key else None)
-            example = await self._resolve(event.value, source)
-            self._pending.append((event, example))
-            self.metrics.pending_labels.set(len(self._pending))
-            if len(self._pending) >= self.settings.dataset.shard_max_examples:
-                await self._flush_until_stored()
+        try:
+            async for event in stream.noack().events():
+                await self._take(event)
+        except Exception as exc:  # faust logs it and restarts the agent; readiness must say so too
+            self._agent_crashes += 1
+            self._agent_crash = f"{type(exc).__name__}: {exc}"
+            raise
+
+    async def _take(self, event: Any) -> None:
+        """One label record: its example (or its counted skip) waits, unacknowledged, for the next shard."""
+        self.metrics.labels_seen.inc()
+        message = event.message
+        source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset,
+                           key=message.key.decode("utf-8", "replace") if message.key else None)
+        example = await self.collector.example(event.value, source)
+        self._pending.append((event, example))
+        self.metrics.pending_labels.set(len(self._pending))
+        if len(self._pending) >= self.settings.dataset.shard_max_examples:
+            await self._flush_until_stored()
 
     async def _flush_due(self) -> None:
         if self._pending:
@@ -187,25 +211,6 @@ class TrainerService:
         self.trigger_jobs("schedule")
 
     # -- labels to shards ----------------------------------------------------------------------
-
-    async def _resolve(self, raw: bytes | None, source: SourceRef) -> AuditExample | None:
-        failures = 0
-        while True:
-            try:
-                example = await self.resolver.resolve(raw, source)
-            except Unresolvable as exc:
-                self.metrics.labels_unresolvable.labels(exc.reason).inc()
-                log.warning("label_unresolvable", reason=exc.reason, error=str(exc), partition=source.partition,
-                            offset=source.offset)
-                return None
-            except KafkaError as exc:  # the broker, not the label: try again, the label stays uncommitted
-                failures += 1
-                self.metrics.resolve_retries.inc()
-                log.warning("label_resolve_retry", error=f"{type(exc).__name__}: {exc}", failures=failures)
-                await asyncio.sleep(backoff_s(failures, 0.5, BACKOFF_MAX_S))
-                continue
-            self.metrics.labels_resolved.inc()
-            return example
 
     async def _flush_until_stored(self) -> None:
         """Backpressure: while the shard cannot be written, the agent waits here and consumes nothing."""

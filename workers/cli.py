@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import typer
 
 from console.cli import app as console_app
 from schemas.cli import app as schemas_app
+from topics.broker_cli import broker_command
 from topics.cli import app as topics_app
 from topics.cli import produce, tail
 from topics.replay_cli import replay_command
 from trainer.cli import app as train_app
 from trainer.cli import audit_command, eval_command, trainer_command
+from trainer.label_cli import label_command
+from workers.cli_errors import run_command
 from workers.runtime import run_service
 from workers.settings import WorkerSettings
 
-app = typer.Typer(help="guardstream: streaming moderation with a reasoning guard.", no_args_is_help=True)
+app = typer.Typer(help="guardstream: streaming moderation with a reasoning guard. Exit codes: 0 done, 2 usage, "
+                  "3 bad input, 4 a dependency unreachable, 5 refused, 6 partial (see the README); --debug shows "
+                  "a failure's traceback.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")
@@ -27,6 +33,8 @@ app.command("trainer")(trainer_command)
 app.command("eval")(eval_command)
 app.command("audit")(audit_command)
 app.command("replay")(replay_command)
+app.command("broker")(broker_command)
+app.command("label")(label_command)
 
 
 @app.command("worker")
@@ -62,4 +70,4 @@ def demo(
 
 
 def main() -> None:
-    app()
+    sys.exit(run_command(app))

@@ -38,7 +38,7 @@ from workers.backoff import backoff_s
 from workers.errors import GuardstreamError
 from workers.guard.base import GuardResult
 from workers.metrics import WorkerMetrics
-from workers.settings import KafkaSettings, LimitSettings
+from workers.settings import KafkaSettings, LimitSettings, OperatingPoint
 
 log = structlog.get_logger("guardstream.emit")
 
@@ -62,8 +62,10 @@ def _answering(event: ChatEvent) -> dict[str, str]:
 
 def ok_verdict(
     event: ChatEvent, result: GuardResult, model: ModelRef, policy_version: str, key: str, cache_hit: bool,
-    timings_ms: dict[str, float], source: SourceRef | None = None,
+    timings_ms: dict[str, float], source: SourceRef | None = None, operating_point: OperatingPoint | None = None,
 ) -> Verdict:
+    """The verdict of a judged event. `policy_version` is the one it was judged under, with its operating point
+    (`point_policy`), as in its content key; `operating_point` names that point."""
     return Verdict(
         **_answering(event),
         status=VerdictStatus.OK,
@@ -74,6 +76,7 @@ def ok_verdict(
         reasoning=result.reasoning,
         model=model,
         policy_version=policy_version,
+        operating_point=operating_point,
         content_key=key,
         cache_hit=cache_hit,
         decided_by=result.decided_by,
@@ -87,16 +90,18 @@ def ok_verdict(
 
 def error_verdict(
     event: ChatEvent, error: GuardstreamError, model: ModelRef, policy_version: str, timings_ms: dict[str, float],
-    source: SourceRef | None = None,
+    source: SourceRef | None = None, operating_point: OperatingPoint | None = None,
 ) -> Verdict:
     """An event that could not be moderated. It says why in a fixed sentence (`error.summary`): the
-    detail, which may name sizes, locations and digests, goes only to the dead-letter topic."""
+    detail, which may name sizes, locations and digests, goes only to the dead-letter topic. The policy
+    version and operating point are the ones it would have been judged at (see `ok_verdict`)."""
     return Verdict(
         **_answering(event),
         status=VerdictStatus.ERROR,
         reasoning=f"not moderated: {error.summary}",
         model=model,
         policy_version=policy_version,
+        operating_point=operating_point,
         error=error.info(),
         timings_ms=timings_ms,
         source=source,

@@ -1,13 +1,33 @@
 """Every service's health server: /healthz (the process is alive), /readyz (it takes traffic), /metrics
-(Prometheus) and, for a service that has one, /status (what it is doing, as JSON)."""
+(Prometheus) and, for a service that has one, /status (what it is doing, as JSON).
+
+Several services on one host each need their own port (`GUARDSTREAM_OBSERVABILITY__HEALTH_PORT`; 0 picks a
+free one, which the service logs at start). A port already taken is `HealthPortInUse`: one line that says
+which setting to change, not a traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from workers.cli_errors import Unreachable
+
+PORT_SETTING = "GUARDSTREAM_OBSERVABILITY__HEALTH_PORT"
+
+
+class HealthPortInUse(Unreachable):
+    """The health server's address is taken (another worker on this host, most often)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"the health port {host}:{port} is in use (another service on this host?); set {PORT_SETTING} "
+                         "to a free port, or to 0 to pick one (the service logs the port it got)")
+        self.host = host
+        self.port = port
 
 
 class HealthServer:
@@ -31,7 +51,14 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise HealthPortInUse(self.host, self.port) from exc
+            raise
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # the real port when 0 was asked
 
     async def stop(self) -> None:

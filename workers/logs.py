@@ -40,7 +40,20 @@ def _renderers(fmt: str) -> list[Processor]:
     return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=tracebacks)]
 
 
+def _not_a_bootstrap_failure(record: logging.LogRecord) -> bool:
+    """aiokafka logs each bootstrap address it cannot reach; the KafkaConnectionError that follows says the
+    same, and the command or service reports that (one line), so the log line is dropped."""
+    return not str(record.msg).startswith('Unable connect to "')
+
+
+def drop_bootstrap_failures() -> None:
+    bootstrap = logging.getLogger("aiokafka")  # aiokafka.client logs as "aiokafka"
+    if _not_a_bootstrap_failure not in bootstrap.filters:
+        bootstrap.addFilter(_not_a_bootstrap_failure)
+
+
 def configure_logging(fmt: str = "console", level: str = "info") -> None:
+    drop_bootstrap_failures()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

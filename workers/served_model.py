@@ -1,10 +1,13 @@
 """The model a worker serves. Every event is bound to one at admission: its content key, its cache key,
 its batch and its verdict all name that model, so a switch never mixes versions or serves an old
-version's cached answer under a new version's name."""
+version's cached answer under a new version's name. Each event is judged at its tenant's operating point,
+which its policy version carries (`1+strict`) into its content key, cache key and verdict, so an answer
+made at one point is never served at another."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.events import ChatEvent, ModelRef, ModelRelease
@@ -13,7 +16,7 @@ from workers.content_key import content_key
 from workers.errors import BackendUnavailable
 from workers.guard.base import GuardBackend
 from workers.guard_stage import GuardStage
-from workers.settings import GuardSettings
+from workers.settings import GuardSettings, OperatingPoint, point_policy
 
 
 @dataclass(eq=False)
@@ -25,6 +28,24 @@ class ServedModel:
     cache_prefix: str
     owned: bool  # the worker loaded it, so the worker closes it once it is replaced and idle
     users: int = 0  # events bound to this model and not yet answered
+    default_point: OperatingPoint = OperatingPoint.BALANCED  # a tenant's without one of its own
+    tenant_points: Mapping[str, OperatingPoint] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, backend: GuardBackend, stage: GuardStage, guard: GuardSettings, cache_prefix: str,
+           owned: bool) -> ServedModel:
+        """`backend` serving `guard`'s model, policy and operating points."""
+        return cls(backend, stage, ModelRef(name=guard.model_name, version=guard.model_version), guard.policy_version,
+                   cache_prefix, owned, default_point=guard.operating_point,
+                   tenant_points=dict(guard.tenant_operating_points))
+
+    def operating_point(self, tenant: str) -> OperatingPoint:
+        """The point `tenant`'s events are judged at."""
+        return self.tenant_points.get(tenant, self.default_point)
+
+    def policy(self, point: OperatingPoint) -> str:
+        """The policy version of answers made at `point` (in keys and verdicts)."""
+        return point_policy(self.policy_version, point)
 
     @property
     def keyed_version(self) -> str:
@@ -34,10 +55,13 @@ class ServedModel:
         return f"{self.ref.version}+{fingerprint}" if fingerprint else self.ref.version
 
     def content_key(self, event: ChatEvent, digests: list[str]) -> str:
-        return content_key(event.text, event.response, digests, self.ref.name, self.keyed_version, self.policy_version)
+        """The key of `event`'s answer at its tenant's operating point."""
+        return content_key(event.text, event.response, digests, self.ref.name, self.keyed_version,
+                           self.policy(self.operating_point(event.tenant)))
 
-    def cache_key(self, key: str) -> str:
-        return cache_key(self.cache_prefix, self.ref.name, self.keyed_version, self.policy_version, key)
+    def cache_key(self, key: str, point: OperatingPoint) -> str:
+        """Where the answer of content key `key`, made at `point`, is cached."""
+        return cache_key(self.cache_prefix, self.ref.name, self.keyed_version, self.policy(point), key)
 
 
 def release_settings(current: GuardSettings, release: ModelRelease, path: Path) -> GuardSettings:

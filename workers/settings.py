@@ -1,14 +1,16 @@
 """The worker's settings, and the base every service's settings share (GUARDSTREAM_* variables, nested with
-`__`, or a TOML file)."""
+`__`, or a TOML file), the data directory among them."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,6 +19,20 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_ENV = "GUARDSTREAM_CONFIG_FILE"
+APP_NAME = "guardstream"
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where guardstream keeps what it writes unless told otherwise: `$XDG_DATA_HOME/guardstream`, else
+    `~/.local/share/guardstream`, else (no home folder) the temporary folder's `guardstream`. Never the
+    working directory."""
+    env = os.environ if environ is None else environ
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / APP_NAME
+    try:
+        return Path.home() / ".local" / "share" / APP_NAME
+    except RuntimeError:  # no HOME and no passwd entry
+        return Path(tempfile.gettempdir()) / APP_NAME
 
 
 class Section(BaseModel):
@@ -115,6 +131,21 @@ class BatchSettings(Section):
     max_in_flight_events: int = Field(512, ge=1, description="above this, partitions are paused")
 
 
+class OperatingPoint(StrEnum):
+    """How readily a guard flags: `strict` flags more (lower thresholds), `permissive` less; `balanced` is the
+    default. A lite artefact may carry each point's thresholds and cascade band; the verdict names the point."""
+
+    STRICT = "strict"
+    BALANCED = "balanced"
+    PERMISSIVE = "permissive"
+
+
+def point_policy(policy_version: str, point: OperatingPoint) -> str:
+    """The policy version a verdict judged at `point` carries, and its content and cache keys: answers made at
+    one point are never served at another."""
+    return f"{policy_version}+{point}"
+
+
 class GuardSettings(Section):
     backend: str = "lite"
     model_name: str = "guardstream-lite"
@@ -143,17 +174,30 @@ class GuardSettings(Section):
     vllm_max_pixels: int = Field(1_003_520, ge=1, description="per image, through the multimodal processor")
     vllm_lora_adapter: Path | None = Field(None, description="LoRA adapter folder to serve on the base model")
     vllm_max_lora_rank: int = Field(64, ge=1)
+    operating_point: OperatingPoint = Field(OperatingPoint.BALANCED, description="strict, balanced or permissive: "
+                                            "the point of every tenant without one of its own")
+    tenant_operating_points: dict[str, OperatingPoint] = Field(
+        default_factory=dict, description="tenant -> operating point (JSON in the environment), over `operating_point`")
     cascade_backend: str = Field("transformers", description="the reasoning backend behind the lite stage")
-    # the default band keeps 0.95 precision on text the lite model never trained on (README: Cascade)
-    cascade_low: float = Field(0.03, ge=0, le=1, description="lite scores below this settle as unharmful")
-    cascade_high: float = Field(0.99, ge=0, le=1, description="lite scores at or above this settle as harmful")
+    # None: the artefact's band for the request's operating point, else 0.03 / 0.99, which keep 0.95 precision
+    # on text the lite model never trained on (README: Cascade)
+    cascade_low: float | None = Field(None, ge=0, le=1, description="lite scores below this settle as unharmful; "
+                                      "None: the artefact's band for the operating point")
+    cascade_high: float | None = Field(None, ge=0, le=1, description="lite scores at or above this settle as "
+                                       "harmful; None: the artefact's band for the operating point")
     lite_artefact: Path | None = Field(None, description="the lite models' JSON (both heads); None uses the one shipped")
     lite_text_threshold: float | None = Field(None, ge=0, le=1,
-                                              description="the request head's threshold; None uses the artefact's")
+                                              description="the request head's threshold at every operating point; "
+                                              "None uses the artefact's (each point's)")
     lite_response_threshold: float | None = Field(None, ge=0, le=1,
-                                                  description="the response head's threshold; None uses the artefact's")
+                                                  description="the response head's threshold at every operating "
+                                                  "point; None uses the artefact's (each point's)")
     lite_image_threshold: float = Field(0.8, ge=0, le=1)
     lite_threads: int = Field(2, ge=1)
+
+    def operating_point_for(self, tenant: str) -> OperatingPoint:
+        """The operating point `tenant`'s events are judged at."""
+        return self.tenant_operating_points.get(tenant, self.operating_point)
 
 
 class ObservabilitySettings(Section):
@@ -169,6 +213,16 @@ class ServiceSettings(BaseSettings):
     named by GUARDSTREAM_CONFIG_FILE."""
 
     model_config = SettingsConfigDict(env_prefix="GUARDSTREAM_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="the folder every default location a "
+                           "service writes to lies under (data set, releases, reports, scratch); "
+                           "default: $XDG_DATA_HOME/guardstream, else ~/.local/share/guardstream")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """`~` expanded and made absolute, so the folder printed at start is the one written to."""
+        return value.expanduser().absolute()
 
     @classmethod
     def settings_customise_sources(

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import IllegalStateError, KafkaError
 from PIL import Image
 
-from schemas.events import ChatEvent, DeadLetter, ModelRef, ModelRelease, SourceRef, Verdict
+from schemas.events import ChatEvent, DeadLetter, ModelRelease, SourceRef, Verdict
 from topics.registry import TopicNames
 from workers.artefacts import materialise
 from workers.backoff import backoff_s
@@ -50,7 +50,7 @@ from workers.kafka_clients import client_options
 from workers.metrics import WorkerMetrics
 from workers.model_watch import ModelWatcher
 from workers.served_model import ServedModel, load_release, release_settings
-from workers.settings import GuardSettings, LimitSettings, WorkerSettings
+from workers.settings import GuardSettings, LimitSettings, OperatingPoint, WorkerSettings
 
 log = structlog.get_logger("guardstream.worker")
 
@@ -83,6 +83,11 @@ class Pending:
     images: list[Image.Image] = field(default_factory=list)
     guard_started: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def point(self) -> OperatingPoint:
+        """The operating point it is judged at: its tenant's, on the model it is bound to."""
+        return self.served.operating_point(self.event.tenant)
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,9 @@ class Worker:
         kafka = client_options(s.kafka)  # brokers, client id, TLS and SASL
         self.producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=s.kafka.linger_ms,
                                          max_batch_size=s.kafka.produce_batch_bytes)
+        self._closers.insert(0, self.producer.stop)  # before start: a start that fails still closes the client
+        await self.producer.start()
+        self.publisher = Publisher(self.producer, self.topics, s.kafka, self.metrics)
         self.consumer = AIOKafkaConsumer(
             **kafka,
             group_id=s.kafka.group_id,
@@ -186,11 +194,8 @@ class Worker:
             fetch_max_wait_ms=s.kafka.fetch_max_wait_ms,
         )
         self._poller = FairPoller(self.consumer)
-        await self.producer.start()
-        self._closers.insert(0, self.producer.stop)
-        self.publisher = Publisher(self.producer, self.topics, s.kafka, self.metrics)
-        await self.consumer.start()
         self._closers.insert(0, self.consumer.stop)
+        await self.consumer.start()
         self.consumer.subscribe([self.topics.events], listener=_CommitOnRevoke(self))
         self.batcher.start()
         self._closers.insert(0, self._close_batcher)
@@ -229,16 +234,16 @@ class Worker:
                 log.exception("close_failed", closer=getattr(closing, "__qualname__", repr(closing)))
         if self.health:
             await self.health.stop()
-        log.info("worker_stopped", unanswered=self.tracker.unanswered_count())
+        if self._started:
+            log.info("worker_stopped", unanswered=self.tracker.unanswered_count())
 
     # -- the served model -------------------------------------------------------------------
 
     def _serve(self, backend: GuardBackend, guard: GuardSettings, owned: bool) -> ServedModel:
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(guard.model_name, guard.model_version, backend.name).set(1)
-        return ServedModel(backend, GuardStage(backend, guard, self.metrics),
-                           ModelRef(name=guard.model_name, version=guard.model_version),
-                           guard.policy_version, self.settings.cache.key_prefix, owned)
+        return ServedModel.of(backend, GuardStage(backend, guard, self.metrics), guard, self.settings.cache.key_prefix,
+                              owned)
 
     async def switch_model(self, release: ModelRelease) -> None:
         """Serve `release` from now on; events already admitted finish on the model they were bound to.
@@ -371,7 +376,7 @@ class Worker:
                 self._spawn(self._fetch_then_guard(pending), [record])
             else:
                 keyed.append((pending, pending.key))
-        hits = await self._lookup([key for _, key in keyed], served)
+        hits = await self._lookup({key: pending.point for pending, key in keyed}, served)
         cache_ms = _ms_since(started)
         for pending, key in keyed:
             hit = hits.get(key)
@@ -402,7 +407,7 @@ class Worker:
             images = await self._fetch_images(pending.event, pending.timings)
             pending.images = [image.image for image in images]
             pending.key = pending.served.content_key(pending.event, [image.sha256 for image in images])
-            hit = (await self._lookup([pending.key], pending.served)).get(pending.key)
+            hit = (await self._lookup({pending.key: pending.point}, pending.served)).get(pending.key)
         except Exception as exc:
             await self._answer([self._failed(pending, exc)])
             return
@@ -431,7 +436,8 @@ class Worker:
             self.metrics.singleflight_joins.inc()
             return
         self._inflight[pending.key] = [pending]
-        request = GuardRequest(text=pending.event.text, images=pending.images, response=pending.event.response)
+        request = GuardRequest(text=pending.event.text, images=pending.images, response=pending.event.response,
+                               operating_point=pending.point)
         self.batcher.put((pending.served, pending.key, request), lane=pending.record.partition)
 
     async def _run_batch(self, items: list[tuple[ServedModel, str, GuardRequest]]) -> list[GuardOutcome]:
@@ -448,14 +454,16 @@ class Worker:
             for i, outcome in zip(mine, results, strict=True):
                 outcomes[i] = outcome
             done = {items[i][1]: outcome for i, outcome in zip(mine, results, strict=True)}
+            points = {items[i][1]: items[i][2].operating_point for i in mine}
             owned: list[ConsumerRecord[bytes, bytes]] = [p.record for key in done for p in self._inflight.get(key, [])]
-            self._spawn(self._finish(served, done), owned)
+            self._spawn(self._finish(served, done, points), owned)
         return outcomes  # type: ignore[return-value]
 
-    async def _finish(self, served: ServedModel, done: dict[str, GuardOutcome]) -> None:
-        """Store a batch's results, then answer every event that waited on them (those that joined while
-        the store ran too)."""
-        await self._store({key: o for key, o in done.items() if isinstance(o, GuardResult)}, served)
+    async def _finish(self, served: ServedModel, done: dict[str, GuardOutcome],
+                      points: dict[str, OperatingPoint]) -> None:
+        """Store a batch's results (each under its operating point), then answer every event that waited on them
+        (those that joined while the store ran too)."""
+        await self._store({key: (points[key], o) for key, o in done.items() if isinstance(o, GuardResult)}, served)
         answers = []
         for key, outcome in done.items():
             for pending in self._inflight.pop(key, []):
@@ -468,11 +476,12 @@ class Worker:
 
     # -- cache -------------------------------------------------------------------------------
 
-    async def _lookup(self, keys: list[str], served: ServedModel) -> dict[str, GuardResult]:
+    async def _lookup(self, keys: dict[str, OperatingPoint], served: ServedModel) -> dict[str, GuardResult]:
+        """The cached answers of these content keys, each made at its operating point."""
         if not keys:
             return {}
         assert self._cache is not None
-        names = {k: served.cache_key(k) for k in keys}
+        names = {k: served.cache_key(k, point) for k, point in keys.items()}
         try:
             with self.metrics.stage_seconds.labels("cache").time():
                 found = await self._cache.get_many(list(names.values()))
@@ -484,12 +493,12 @@ class Worker:
         self.metrics.cache_misses.inc(len(names) - len(hits))
         return hits
 
-    async def _store(self, results: dict[str, GuardResult], served: ServedModel) -> None:
+    async def _store(self, results: dict[str, tuple[OperatingPoint, GuardResult]], served: ServedModel) -> None:
         if not results:
             return
         assert self._cache is not None
         try:
-            await self._cache.put_many({served.cache_key(k): v for k, v in results.items()})
+            await self._cache.put_many({served.cache_key(k, point): v for k, (point, v) in results.items()})
         except Exception:  # a cache write that fails only costs a later miss
             log.exception("cache_store_failed_unexpectedly", keys=len(results))
             self.metrics.cache_errors.inc()
@@ -504,8 +513,10 @@ class Worker:
         else:
             pending.timings["total_ms"] = _ms_since(pending.started)
         try:
-            verdict = ok_verdict(pending.event, result, pending.served.ref, pending.served.policy_version, pending.key,
-                                 cache_hit, pending.timings, record_source(pending.record, self.settings.limits))
+            point = pending.point
+            verdict = ok_verdict(pending.event, result, pending.served.ref, pending.served.policy(point), pending.key,
+                                 cache_hit, pending.timings, record_source(pending.record, self.settings.limits),
+                                 operating_point=point)
         except Exception as exc:
             return self._failed(pending, exc)
         return Answer(pending.record, verdict, None, pending.served)
@@ -516,8 +527,8 @@ class Worker:
         error = self._typed(exc, event.event_id)
         log.warning("event_failed", event_id=event.event_id, code=error.code, retriable=error.retriable,
                     error=cut(str(error), self.settings.limits.max_error_chars))
-        verdict = error_verdict(event, error, served.ref, served.policy_version, pending.timings,
-                                record_source(pending.record, self.settings.limits))
+        verdict = error_verdict(event, error, served.ref, served.policy(pending.point), pending.timings,
+                                record_source(pending.record, self.settings.limits), operating_point=pending.point)
         return Answer(pending.record, verdict, self._letter(pending.record, error, event.event_id), served)
 
     def _letter(self, record: ConsumerRecord[bytes, bytes], error: GuardstreamError, event_id: str | None) -> DeadLetter:

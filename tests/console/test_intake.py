@@ -3,14 +3,18 @@ events are read at their coordinates, and that bad records are skipped, counted,
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 import psycopg
 from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from console.service import ConsoleService
 from console.settings import ConsoleSettings
-from schemas.events import SourceRef, StageVerdict
-from tests.console.conftest import POSTGRES_ADMIN, chat, publish_judged, running_console, verdict
+from schemas.events import ChatEvent, SourceRef, StageVerdict, Verdict
+from tests.console.conftest import POSTGRES_ADMIN, REPORTER, chat, publish_judged, running_console, verdict
+from tests.console.http import Client
 from tests.waiting import wait_until
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
@@ -107,3 +111,58 @@ async def test_a_database_that_stops_answering_costs_no_verdict(
         item = service.store.item_of("e1")
         assert item is not None and item.event.text == "while the database was away"
         assert len(item.verdicts) == 1
+
+
+async def test_a_verdict_whose_event_coordinates_cannot_be_sought_is_a_counted_skip_not_a_crash(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    """A negative offset made aiokafka's seek raise ValueError in the intake: the console exited, and on
+    restart read the same uncommitted poll and exited again."""
+    async with running_console(console_settings) as service:
+        await publish_judged(broker.bootstrap_servers, topics, [(chat("bad", "sought at -1"), verdict("bad", error="x"))],
+                             tamper=lambda v: re.sub(r'"offset":\d+', '"offset":-1', v))
+        await publish_judged(broker.bootstrap_servers, topics, [(chat("good", "after it"), verdict("good", error="x"))])
+        await wait_until(lambda: service.intake.seen >= 2, 60, "both verdicts read and committed")
+        assert service.store.events_with_items(["bad", "good"]) == {"good"}
+        skipped = ((_metric(service, "guardstream_console_verdicts_undecodable_total") or 0)
+                   + (_metric(service, "guardstream_console_events_unreadable_total", reason="bad_coordinates") or 0))
+        assert skipped == 1
+        assert service.ready
+    async with running_console(console_settings) as service:  # a restart reads nothing of it again
+        assert service.intake.seen == 0 and service.ready
+
+
+async def test_reports_waiting_on_coordinates_that_never_resolve_do_not_delay_the_intake(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    """Six reports naming an empty partition's next offset (inside no log: each read waits out the resolve
+    timeout) held the reader the intake shared, one after another: a new verdict waited for all of them.
+    The intake has its own reader now, and each report is answered within `report_timeout_s`."""
+    console_settings.resolve_timeout_s = 5.0
+    console_settings.report_timeout_s = 7.5  # one hanging read fits, a second one queued behind it does not
+    reporter = {"Authorization": f"Bearer {REPORTER[0]}:{REPORTER[1]}"}
+    nowhere = {"topic": topics.verdicts, "partition": 3, "offset": 0}  # nothing is ever produced there
+    async with running_console(console_settings) as service:
+        api = Client(service.address)
+        reports = [asyncio.create_task(api.post("/api/reports", headers=reporter,
+                                                json={"event_id": f"r{n}", "verdict": nowhere})) for n in range(6)]
+        await wait_until(lambda: service.parts.events._lock.locked(), 30, "a report is reading")
+        await publish_to_partition_0(broker, topics, chat("new", "a new verdict"), verdict("new", error="x"))
+        await wait_until(lambda: service.store.events_with_items(["new"]) or all(r.done() for r in reports), 60,
+                         "the new verdict queued")
+        finished = _metric(service, "guardstream_console_events_unreadable_total", reason="record_missing")
+        assert service.store.events_with_items(["new"]) == {"new"}
+        assert not finished, "the intake waited for a report's read"
+        replies = await asyncio.gather(*reports)
+        assert sorted(r.status for r in replies) == [404, 503, 503, 503, 503, 503]
+
+
+async def publish_to_partition_0(broker: LocalBroker, topics: TopicNames, event: ChatEvent, answer: Verdict) -> None:
+    """`event` and its verdict on partition 0 of their topics (away from the partitions a test keeps empty)."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        placed = await producer.send_and_wait(topics.events, event.model_dump_json().encode(), partition=0)
+        source = SourceRef(topic=placed.topic, partition=placed.partition, offset=placed.offset)
+        await producer.send_and_wait(topics.verdicts, answer.model_copy(update={"source": source})
+                                     .model_dump_json().encode(), partition=0)
+    finally:
+        await producer.stop()

@@ -215,3 +215,18 @@ def test_times_are_kept_in_utc_whatever_zone_they_came_in(store: ReviewStore) ->
     assert item is not None and item.event.created_at == datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert item.event.created_at.tzinfo == UTC
     assert item.verdicts[0].verdict.produced_at == datetime(2026, 11, 30, 12, 0, 5, tzinfo=UTC)
+
+
+def test_a_label_says_whether_its_event_was_chosen_by_the_random_sample(store: ReviewStore) -> None:
+    """The trainer's gate judges the random-sample part of its held-out labels on its own: each published label
+    says whether the uniform random rule chose its event, also when that rule fired after a report queued it."""
+    add(store, chat("random"), verdict("random"), 1, [Reason.RANDOM])
+    add(store, chat("unsure"), verdict("unsure", score=0.6), 2, [Reason.NEAR_THRESHOLD])
+    add(store, chat("reported"), verdict("reported"), 3, [Reason.REPORTED])
+    add(store, chat("reported"), verdict("reported", model="2"), 4, [Reason.RANDOM])  # its next verdict: sampled
+    for item_id in (1, 2, 3):
+        store.label(item_id, "alice", True, None, "", NOW)
+    due = store.claim_due_labels(LATER)
+    assert {d.label.event_id: d.label.random_sample for d in due} == {"random": True, "unsure": False,
+                                                                      "reported": True}
+    assert store.item(3).random_sample  # type: ignore[union-attr]  # the quality page counts it too

@@ -203,3 +203,46 @@ async def test_odd_requests_get_clear_answers_not_errors(
         assert (await alice.post("/api/reports", json=negative, headers=reporter)).status == 422
         assert service.store.item(1).labels == []  # type: ignore[union-attr]
         assert (await alice.get("/items/1")).status == 200  # and the console still serves
+
+
+async def test_signing_out_ends_the_session_on_the_server_too(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    async with console_with(console_settings, [(chat("e1"), verdict("e1", error="x"))]) as (service, _):
+        alice, bob = Client(service.address), Client(service.address)
+        await alice.sign_in("alice", TOKENS["alice"])
+        await bob.sign_in("bob", TOKENS["bob"])
+        copied = Client(service.address, cookies=dict(alice.cookies))
+        assert (await copied.get("/items/1")).status == 200
+        signed_out = await alice.post("/signout", data={"csrf": (await alice.get("/items/1")).csrf()})
+        assert (signed_out.status, signed_out.location) == (303, "/signin")
+        assert "guardstream_session" not in alice.cookies
+        refused = await copied.get("/items/1")
+        assert (refused.status, refused.location) == (303, "/signin")  # the copy no longer signs anyone in
+        assert (await copied.get("/items/1/images/0")).status == 401
+        assert (await bob.get("/items/1")).status == 200  # another reviewer's session is not touched
+        assert (await alice.sign_in("alice", TOKENS["alice"])).status == 303
+        assert (await alice.get("/items/1")).status == 200  # signing in again after signing out works
+
+
+async def test_an_event_with_many_images_shows_a_few_thumbnails_and_fetches_each_once(
+        broker: LocalBroker, topics: TopicNames, console_settings: ConsoleSettings) -> None:
+    root = console_settings.fetch.file_root
+    assert root is not None
+    console_settings.review.max_thumbnails = 3
+    files = [root / f"many-{n}.png" for n in range(5)]
+    for n, path in enumerate(files):
+        path.write_bytes(png(400 + n, 300))
+    event = chat("many", "look").model_copy(update={"images": [ImageRef(uri=f"file://{p}") for p in files]})
+    async with console_with(console_settings, [(event, verdict("many", error="x"))]) as (service, _):
+        alice = Client(service.address)
+        await alice.sign_in("alice", TOKENS["alice"])
+        page = await alice.get("/items/1")
+        assert page.text.count('src="/items/1/images/') == 3 and "2 more images not shown" in page.text
+        first = [await alice.get(f"/items/1/images/{n}") for n in range(3)]
+        assert [r.status for r in first] == [200] * 3
+        not_shown = await alice.get("/items/1/images/3")
+        assert not_shown.status == 404  # the file is there: it was not fetched
+        for path in files:
+            path.unlink()  # from now on, any fetch fails
+        again = [await alice.get(f"/items/1/images/{n}") for n in range(3)]
+        assert [r.body for r in again] == [r.body for r in first]  # from the cache: nothing was fetched

@@ -1,5 +1,6 @@
 """Trainer fixtures: settings on the same local broker, Redis and moto S3 as the worker's, and a helper
-that turns verdicts on the topic into audit labels pointing at them."""
+that turns verdicts on the topic into audit labels pointing at them. Every trainer test, and every command it
+runs, has a data directory of its own under the test's tmp path: nothing lands in the working directory."""
 
 from __future__ import annotations
 
@@ -22,15 +23,19 @@ from trainer.settings import DatasetSettings, GateSettings, JobSettings, LiteRef
 from workers.settings import ObservabilitySettings, WorkerSettings
 
 
-@pytest.fixture(scope="session")
-def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("embeddings")
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """GUARDSTREAM_DATA_DIR for the test and the commands it starts (they inherit the environment)."""
+    folder = tmp_path / "guardstream-data-dir"
+    monkeypatch.setenv("GUARDSTREAM_DATA_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture
-def trainer_settings(settings: WorkerSettings, tmp_path: Path, embedding_cache: Path) -> TrainerSettings:
+def trainer_settings(settings: WorkerSettings, tmp_path: Path, data_dir: Path) -> TrainerSettings:
     prefix = settings.kafka.topic_prefix
     return TrainerSettings(
+        data_dir=data_dir,
         kafka=settings.kafka,
         group_id=f"trainer-{prefix}",
         fetch=settings.fetch,
@@ -38,8 +43,8 @@ def trainer_settings(settings: WorkerSettings, tmp_path: Path, embedding_cache: 
         dataset=DatasetSettings(uri=f"s3://images/{prefix}data", shard_max_examples=4, flush_interval_s=0.5,
                                 resolve_timeout_s=2.0),
         jobs=JobSettings(interval_s=None, after_new_labels=None, work_dir=tmp_path / "runs"),
-        lite_refit=LiteRefitSettings(max_package_examples=800, embedding_cache_dir=embedding_cache),
-        gate=GateSettings(release_uri=f"s3://images/{prefix}releases", min_held_out=5),
+        lite_refit=LiteRefitSettings(max_package_examples=200, epochs=5.0),
+        gate=GateSettings(release_uri=f"s3://images/{prefix}releases", min_held_out=5, regression_max_items=100),
         observability=ObservabilitySettings(health_enabled=True, health_port=0),
     )
 

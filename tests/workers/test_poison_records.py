@@ -20,7 +20,7 @@ from tests.waiting import wait_until
 from topics.io import produce_events, produce_raw
 from workers.emit import dead_letter
 from workers.errors import LimitError
-from workers.settings import LimitSettings, WorkerSettings
+from workers.settings import LimitSettings, OperatingPoint, WorkerSettings
 
 HEAD = b'{"event_id":"%s","conversation_id":"c","text":'
 
@@ -105,7 +105,7 @@ async def test_a_cache_entry_this_version_cannot_read_is_a_miss(settings: Worker
     async with running_worker(settings, lite_guard) as worker:
         await produce_events(settings.kafka.bootstrap_servers, topic, [original])
         [verdict] = await verdicts_covering(settings, {original.event_id})
-        key = worker.served.cache_key(verdict.content_key)
+        key = worker.served.cache_key(verdict.content_key, OperatingPoint(verdict.operating_point))
         client = redis.Redis.from_url(settings.cache.redis_url.get_secret_value())
         entry = json.loads(client.get(key))
         client.set(key, json.dumps({**entry, "added_by_a_newer_version": 1}))  # as after a rollback

