@@ -34,7 +34,7 @@ from trainer.lite_report import write_report
 from trainer.lite_tune import TuneConfig, tune_stage
 from workers.guard.lite_encoder import BASE_MODEL
 from workers.guard.lite_model import LiteModel
-from workers.guard.lite_tuned import TunedLiteModel
+from workers.guard.lite_tuned import StageWeights, TunedLiteModel
 
 SEED = 0
 DEV_CASES = Path(__file__).resolve().parent / "data" / "dev_cases.jsonl"
@@ -90,19 +90,24 @@ def training_data() -> tuple[RequestData, ResponseData]:
     return request.subset(np.array(keep, dtype=bool)), response.subset(pairs)
 
 
-def train_model(request: RequestData, response: ResponseData, config: TuneConfig, out: Path,
+def train_model(request: RequestData | None, response: ResponseData | None, config: TuneConfig, out: Path,
                 start: TunedLiteModel | None = None,
                 keep_stages: bool = False) -> tuple[TunedLiteModel, dict[str, dict[str, Any]]]:
-    """Both stages fine-tuned (from `start` where given; `keep_stages`: not trained, the stages already in
-    `out` are kept), then the operating points chosen on validation data only: the contrast corpus'
-    validation part and the development pairs, scored by the model as served (the draft is written to `out`
-    for that). The model comes back with its points, and the points."""
+    """Both stages fine-tuned (from `start` where given), then the operating points chosen on validation data
+    only: the contrast corpus' validation part and the development pairs, scored by the model as served (the
+    draft is written to `out` for that). A stage whose data is None is not trained: `start`'s stage is kept
+    (`keep_stages`: neither is trained, the stages already in `out` are kept). The model comes back with its
+    points, and the points."""
     if keep_stages:
-        kept = TunedLiteModel.load(out)
-        request_stage, response_stage = kept.request, kept.response
+        start, request, response = TunedLiteModel.load(out), None, None
+    if request is None:
+        request_stage = _kept(start, "request")
     else:
         request_stage = tune_stage(request.texts, request.y, request.weights, REQUEST_MAX_LENGTH, config,
                                    "request stage", start.request if start else None)
+    if response is None:
+        response_stage = _kept(start, "response")
+    else:
         pairs = list(zip(response.prompts, response.responses, strict=True))
         response_stage = tune_stage(pairs, response.y, response.weights, PAIR_MAX_LENGTH, config, "response stage",
                                     start.response if start else None)
@@ -111,6 +116,12 @@ def train_model(request: RequestData, response: ResponseData, config: TuneConfig
     balanced = points["balanced"]
     thresholds = {"request": balanced["request"], "response": balanced["response"]}
     return TunedLiteModel(request_stage, response_stage, thresholds, points), points
+
+
+def _kept(start: TunedLiteModel | None, stage: str) -> StageWeights:
+    if start is None:
+        raise ValueError(f"the {stage} stage is not trained, and there is no model to keep it from")
+    return start.request if stage == "request" else start.response
 
 
 def build_lite_model(out: Path, report_dir: Path, config: TuneConfig | None = None,

@@ -9,6 +9,8 @@ training code as `make train-lite` (`trainer/lite_build.py`, `trainer/lite_tune.
   and, when the label judges a response, the (request text, response) pair with the response label to the
   response stage. They weigh `lite_refit.audit_weight` each against a package item's 1. Image-only events
   have no text for either stage.
+- A stage that no audit example speaks to (labels that judge no response, say) is kept as served, not
+  trained again on package data alone.
 - The operating points are chosen again, on the same validation data as the build's. The evaluation that
   decides a release happens later, on held-out events this job never received, and on the gate's
   regression set.
@@ -87,8 +89,11 @@ class LiteRefit:
                             threads=self.settings.threads)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / ARTEFACT
-        model, _ = train_model(package_request.join(audit_request), package_response.join(audit_response), config,
-                               path, start)
+        # a stage no audit label speaks to is kept as served: trained again on package data alone, it would
+        # only drift from the model that was trained on all of it
+        request = package_request.join(audit_request) if len(audit_request.y) else None
+        response = package_response.join(audit_response) if len(audit_response.y) else None
+        model, _ = train_model(request, response, config, path, start)
         version = f"lite-{datetime.now(UTC):%Y%m%dT%H%M%S}-{model.fingerprint[:8]}"
         metadata = {
             "trained_by": "trainer/lite_refit.py (job lite-refit)",
@@ -104,6 +109,8 @@ class LiteRefit:
                           "held_out_events_excluded": data.held_out_events},
             },
             "tuning": {"epochs": config.epochs, "max_steps": config.max_steps, "seed": seed},
+            "stages_trained": [name for name, stage in (("request", request), ("response", response))
+                               if stage is not None],
         }
         replace(model, metadata=metadata).save(path)
         return Candidate(version=version, backend="lite", artefact=path, metadata=metadata)

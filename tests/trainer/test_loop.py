@@ -4,6 +4,10 @@ is refused, a better one is released, and the running worker switches to it and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from schemas.events import AuditLabel, ChatEvent
 from tests.conftest import S3, running_worker, verdicts_covering
 from tests.trainer.conftest import label_for, publish_labels, running_trainer, verdict_records, wait_for_examples
@@ -14,6 +18,7 @@ from trainer.held_out import is_held_out
 from trainer.settings import TrainerSettings
 from workers.demo_data import loop_traffic
 from workers.guard.lite import LiteGuard
+from workers.guard.lite_tuned import StageWeights, TunedLiteModel
 from workers.model_watch import current_release
 from workers.settings import WorkerSettings
 
@@ -31,7 +36,7 @@ def accuracy(verdicts: dict[str, bool], truth: dict[str, bool]) -> float:
 
 
 async def test_labels_train_a_better_lite_head_that_workers_switch_to_and_a_worse_one_is_refused(
-    settings: WorkerSettings, trainer_settings: TrainerSettings, lite_guard: LiteGuard, s3: S3
+    settings: WorkerSettings, trainer_settings: TrainerSettings, lite_guard: LiteGuard, s3: S3, tmp_path: Path
 ) -> None:
     topics = TopicNames(settings.kafka.topic_prefix)
     # This refit fine-tunes on a 200-text package sample to stay quick, which does not keep the shipped
@@ -71,6 +76,11 @@ async def test_labels_train_a_better_lite_head_that_workers_switch_to_and_a_wors
         assert release.artefact_uri.startswith(f"s3://images/{topics.prefix}releases/{release.version}/")
         report = s3.client.get_object(Bucket="images", Key=f"{topics.prefix}releases/{release.version}/report/report.md")
         assert b"F1" in report["Body"].read()
+        # no label judged a response: the response stage is kept as shipped, only the request stage is trained
+        released_model = _released_model(s3, release.artefact_uri, tmp_path)
+        assert released_model.metadata["stages_trained"] == ["request"]
+        assert _same_stage(released_model.response, TunedLiteModel.load(None).response)
+        assert not _same_stage(released_model.request, TunedLiteModel.load(None).request)
         assert [r["outcome"] for r in trainer.status()["runs"]] == ["released", "refused"]
 
         await wait_until(lambda: worker.served.ref.version == release.version, timeout_s=60,
@@ -85,6 +95,20 @@ async def test_labels_train_a_better_lite_head_that_workers_switch_to_and_a_wors
     # the shipped model already gets most of this traffic right (0.88 when measured); the refit learns the rest
     assert accuracy(after, truth_again) > accuracy(before, truth)
     assert accuracy(after, truth_again) >= 0.95
+
+
+def _released_model(s3: S3, uri: str, folder: Path) -> TunedLiteModel:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    [key] = [o["Key"] for o in s3.client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+             if o["Key"].endswith(".safetensors")]
+    s3.client.download_file(bucket, key, str(folder / "released.safetensors"))
+    return TunedLiteModel.load(folder / "released.safetensors")
+
+
+def _same_stage(a: StageWeights, b: StageWeights) -> bool:
+    return (a.update.keys() == b.update.keys() and np.array_equal(a.head_weight, b.head_weight)
+            and a.head_bias == b.head_bias
+            and all(np.array_equal(x, y) for k in a.update for x, y in zip(a.update[k], b.update[k], strict=True)))
 
 
 def _verdicts(records: dict) -> dict:  # type: ignore[type-arg]
