@@ -3,6 +3,9 @@ outbox, undo, reports, and what the quality page reads."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -34,6 +37,19 @@ def test_migrations_create_exactly_the_tables_the_code_uses_and_go_back_down(pos
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     upgrade(engine)
     assert current(engine) == "0001"
+    engine.dispose()
+
+
+def test_replicas_starting_together_migrate_an_empty_postgresql_database_once(empty_postgres: str) -> None:
+    """Several consoles starting at once each run the migration (`console migrate`, as at start): one migrates,
+    the others wait for it and find the schema up to date."""
+    env = {**os.environ, "GUARDSTREAM_DATABASE_URL": empty_postgres}
+    replicas = [subprocess.Popen([sys.executable, "-m", "workers", "console", "migrate"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in replicas]  # type: ignore[union-attr]
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    engine = make_engine(empty_postgres)
+    assert current(engine) == head()
     engine.dispose()
 
 
