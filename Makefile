@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the console's browser tests drive Debian's chromium through Debian's chromedriver (nothing downloads a browser)
 BROWSER := /usr/bin/chromedriver
+# deploy/'s checks: promtool unpacked from Debian's prometheus package (not installed: no server is started)
+PROMTOOL := .tools/prometheus/usr/bin/promtool
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test bench train-lite clean
@@ -26,7 +28,12 @@ $(BROWSER):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
-test: $(STAMP) $(BROWSER)
+$(PROMTOOL):
+	$(SUDO) apt-get update -qq
+	rm -rf .tools/prometheus && mkdir -p .tools/prometheus
+	cd .tools/prometheus && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb . && rm prometheus_*.deb
+
+test: $(STAMP) $(BROWSER) $(PROMTOOL)
 	$(BIN)/ruff check workers schemas topics trainer console tests bench
 	$(BIN)/python -m pytest -q
 

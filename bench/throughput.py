@@ -56,6 +56,7 @@ from workers.guard.base import GuardBackend
 from workers.logs import configure_logging
 from workers.metrics import WorkerMetrics
 from workers.settings import (
+    LOCAL_BROKER_FETCH_MAX_WAIT_MS,
     BatchSettings,
     CacheSettings,
     GuardSettings,
@@ -205,7 +206,7 @@ class Bench:
     def settings(self, prefix: str) -> WorkerSettings:
         return WorkerSettings(
             kafka=KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers, topic_prefix=prefix, group_id=prefix,
-                                session_timeout_ms=6000),
+                                session_timeout_ms=6000, fetch_max_wait_ms=LOCAL_BROKER_FETCH_MAX_WAIT_MS),
             batch=self.options.batch(),
             cache=CacheSettings(key_prefix=prefix),
             observability=ObservabilitySettings(health_enabled=False),

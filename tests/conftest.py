@@ -31,6 +31,7 @@ from topics.local_broker import LocalBroker, NotListening, free_loopback_port, w
 from topics.registry import TopicNames, topic_specs
 from workers.guard.lite import LiteGuard
 from workers.settings import (
+    LOCAL_BROKER_FETCH_MAX_WAIT_MS,
     BatchSettings,
     CacheSettings,
     FetchSettings,
@@ -188,6 +189,7 @@ def settings(broker: LocalBroker, redis_url: str, s3: S3, topics: TopicNames, tm
             session_timeout_ms=6000,
             heartbeat_interval_ms=500,
             commit_interval_ms=200,
+            fetch_max_wait_ms=LOCAL_BROKER_FETCH_MAX_WAIT_MS,
         ),
         fetch=FetchSettings(
             file_root=tmp_path,

@@ -14,7 +14,7 @@ from trainer.labelled import LABEL_WORDS
 from workers.cli_errors import CommandFailed, Exit
 from workers.input_lines import BadLine, PartialInput
 from workers.logs import configure_logging
-from workers.runtime import run_service
+from workers.runtime import check_config_only, load_settings, service_dependencies, start_service
 
 if TYPE_CHECKING:
     from trainer.evaluate import Evaluation
@@ -64,13 +64,21 @@ def run(job: str = typer.Argument(..., help="the job's name, e.g. lite-refit")) 
     raise typer.Exit(0 if record.outcome != "failed" else 1)
 
 
-def trainer_command() -> None:
-    """Run the trainer service: audit labels into the data set, jobs on a schedule and after new labels."""
-    from trainer.service import TrainerService
+def trainer_command(
+    check_config: bool = typer.Option(False, "--check-config", help="validate the settings, print them (secrets "
+                                      "masked) as one JSON line and exit: no connection"),
+) -> None:
+    """Run the trainer service: audit labels into the data set, jobs on a schedule and after new labels.
+    At start the brokers and the S3 endpoint (when set) must answer, else exit 4."""
     from trainer.settings import TrainerSettings
 
-    settings = TrainerSettings()
-    run_service(TrainerService(settings), settings.observability)
+    if check_config:
+        check_config_only("trainer", TrainerSettings)
+        return
+    from trainer.service import TrainerService
+
+    settings = load_settings(TrainerSettings)
+    start_service(lambda: TrainerService(settings), settings, service_dependencies(settings.kafka, None, settings.fetch))
 
 
 def _quiet(settings: S, backend: str | None) -> S:

@@ -17,7 +17,7 @@ from trainer.cli import app as train_app
 from trainer.cli import audit_command, eval_command, trainer_command
 from trainer.label_cli import label_command
 from workers.cli_errors import run_command
-from workers.runtime import run_service
+from workers.runtime import check_config_only, load_settings, service_dependencies, start_service
 from workers.settings import WorkerSettings
 
 app = typer.Typer(help="guardstream: streaming moderation with a reasoning guard. Exit codes: 0 done, 2 usage, "
@@ -37,15 +37,26 @@ app.command("broker")(broker_command)
 app.command("label")(label_command)
 
 
+CHECK_CONFIG_HELP = "validate the settings, print them (secrets masked) as one JSON line and exit: no connection"
+
+
 @app.command("worker")
-def worker(backend: str = typer.Option(None, help="guard backend (default: settings, 'lite')")) -> None:
-    """Run a long-lived worker against the brokers in settings (GUARDSTREAM_* or GUARDSTREAM_CONFIG_FILE)."""
+def worker(
+    backend: str = typer.Option(None, help="guard backend (default: settings, 'lite')"),
+    check_config: bool = typer.Option(False, "--check-config", help=CHECK_CONFIG_HELP),
+) -> None:
+    """Run a long-lived worker against the brokers in settings (GUARDSTREAM_* or GUARDSTREAM_CONFIG_FILE).
+    At start the brokers, Redis (when the cache is on) and the S3 endpoint (when set) must answer, else exit 4."""
+    if check_config:
+        check_config_only("worker", WorkerSettings)
+        return
     from workers.worker import Worker
 
-    settings = WorkerSettings()
+    settings = load_settings(WorkerSettings)
     if backend:
         settings.guard.backend = backend
-    run_service(Worker(settings), settings.observability)
+    start_service(lambda: Worker(settings), settings,
+                  service_dependencies(settings.kafka, settings.cache, settings.fetch))
 
 
 @app.command("demo")

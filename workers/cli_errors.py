@@ -68,9 +68,14 @@ class Refused(CommandFailed):
     exit_code = Exit.REFUSED
 
 
+def mask_url_passwords(text: str) -> str:
+    """The text with any URL's password masked."""
+    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:**********@", text)
+
+
 def one_line(text: str) -> str:
     """The text on one line, with any URL's password masked."""
-    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:**********@", " ".join(str(text).split()))
+    return mask_url_passwords(" ".join(str(text).split()))
 
 
 def validation_message(exc: ValidationError, limit: int = 3) -> str:
@@ -112,6 +117,8 @@ def describe(exc: BaseException) -> tuple[Exit, str]:
         return Exit(code), one_line(str(exc))
     if isinstance(exc, ValidationError):
         return Exit.INPUT, one_line(validation_message(exc))
+    if type(exc).__name__ == "KafkaSecurityError":  # the Kafka security settings do not fit together
+        return Exit.INPUT, one_line(f"kafka settings: {exc}")
     if isinstance(exc, FileNotFoundError):
         return Exit.INPUT, one_line(f"{exc.filename or exc}: no such file or folder")
     if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):

@@ -29,7 +29,14 @@ from workers.cache import MemoryCache, RedisCache, ResultCache
 from workers.demo_data import BAD_RECORDS, Sample, make_events, outside_root_event, write_demo_images
 from workers.logs import configure_logging
 from workers.metrics import WorkerMetrics
-from workers.settings import CacheSettings, FetchSettings, KafkaSettings, ObservabilitySettings, WorkerSettings
+from workers.settings import (
+    LOCAL_BROKER_FETCH_MAX_WAIT_MS,
+    CacheSettings,
+    FetchSettings,
+    KafkaSettings,
+    ObservabilitySettings,
+    WorkerSettings,
+)
 from workers.worker import Worker
 
 WAIT_S = 300.0
@@ -100,7 +107,8 @@ async def demo_stack(console: Console) -> AsyncIterator[DemoStack]:
         images = write_demo_images(Path(tmp))
         settings = WorkerSettings(
             kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"demo-{run_id}.",
-                                group_id=f"demo-{run_id}", session_timeout_ms=6000),
+                                group_id=f"demo-{run_id}", session_timeout_ms=6000,
+                                fetch_max_wait_ms=LOCAL_BROKER_FETCH_MAX_WAIT_MS),
             fetch=FetchSettings(file_root=Path(tmp)),
             cache=CacheSettings(key_prefix=f"guardstream-demo-{run_id}", ttl_s=3600),
             observability=ObservabilitySettings(health_port=0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -19,7 +20,17 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_ENV = "GUARDSTREAM_CONFIG_FILE"
+ENV_PREFIX = "GUARDSTREAM_"
 APP_NAME = "guardstream"
+# The local broker (`guardstream broker`, the demo's, the tests') answers a fetch only at its deadline, where
+# Kafka answers as soon as records arrive: against it a short wait keeps the demo and the local walk fast.
+LOCAL_BROKER_FETCH_MAX_WAIT_MS = 10
+
+
+class ConfigFileError(ValueError):
+    """GUARDSTREAM_CONFIG_FILE names a file that cannot be read as TOML (exit 3: a setting is invalid)."""
+
+    exit_code = 3
 
 
 def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -51,8 +62,10 @@ class KafkaSettings(Section):
     max_poll_records: int = Field(256, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
     commit_interval_ms: int = Field(1_000, ge=10)
-    fetch_max_wait_ms: int = Field(10, ge=0, description="how long a fetch waits at the broker for new records; "
-                                   "Kafka answers as soon as any arrive, some brokers only at this deadline")
+    fetch_max_wait_ms: int = Field(500, ge=0, description="how long a fetch waits at the broker for new records: "
+                                   "Kafka answers as soon as any arrive, so this only spaces an idle client's "
+                                   "fetches; the local broker answers only at this deadline (its profile: "
+                                   "LOCAL_BROKER_FETCH_MAX_WAIT_MS)")
     linger_ms: int = Field(0, ge=0, description="how long an answer waits for others to share its produce request; "
                            "under load they share it anyway, while the previous request is in flight")
     produce_batch_bytes: int = Field(262_144, ge=1_024, description="answers per partition in one produce request")
@@ -212,11 +225,14 @@ class ServiceSettings(BaseSettings):
     """What every service's settings share: GUARDSTREAM_* variables (nested with `__`), then the TOML file
     named by GUARDSTREAM_CONFIG_FILE."""
 
-    model_config = SettingsConfigDict(env_prefix="GUARDSTREAM_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Field(default_factory=default_data_dir, description="the folder every default location a "
                            "service writes to lies under (data set, releases, reports, scratch); "
                            "default: $XDG_DATA_HOME/guardstream, else ~/.local/share/guardstream")
+    startup_timeout_s: float = Field(10.0, gt=0, description="how long each dependency (brokers, Redis, object "
+                                     "storage, database) may take to answer the check at start; one that does "
+                                     "not answer: the service names it in one line and exits 4")
 
     @field_validator("data_dir")
     @classmethod
@@ -236,8 +252,18 @@ class ServiceSettings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get(CONFIG_FILE_ENV)
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(_toml_source(settings_cls, Path(config_file)))
         return tuple(sources)
+
+
+def _toml_source(settings_cls: type[BaseSettings], path: Path) -> TomlConfigSettingsSource:
+    """The file's settings; a file that is missing or not TOML is an error, never silently no settings."""
+    if not path.is_file():
+        raise ConfigFileError(f"{CONFIG_FILE_ENV}={path}: no such file")
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigFileError(f"{CONFIG_FILE_ENV}={path}: not a TOML file ({exc})") from None
 
 
 class WorkerSettings(ServiceSettings):
