@@ -406,16 +406,19 @@ NO_RETRY = {"max_retries": 0}  # retries are ours, with our backoff and our metr
 def s3_store(bucket: str, settings: FetchSettings, prefix: str | None = None) -> S3Store:
     """A store for one bucket (or a prefix in it) of the configured S3 endpoint: images, release
     artefacts, the trainer's data set."""
+    keys = {}  # none set: requests go unsigned (a public bucket)
+    if settings.s3_access_key_id is not None:
+        keys["access_key_id"] = settings.s3_access_key_id
+    if settings.s3_secret_access_key is not None:
+        keys["secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
     return S3Store(
         bucket,
         prefix=prefix or None,
         endpoint=settings.s3_endpoint,
         region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=(settings.s3_secret_access_key.get_secret_value()
-                           if settings.s3_secret_access_key else None),
         virtual_hosted_style_request=False,
         skip_signature=settings.s3_access_key_id is None,
         client_options={"timeout": f"{settings.timeout_s}s", "allow_http": settings.s3_allow_http},
         retry_config=NO_RETRY,
+        **keys,  # type: ignore[arg-type]
     )

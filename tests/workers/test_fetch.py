@@ -4,6 +4,7 @@ https server on loopback with a self-signed certificate."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import threading
@@ -541,3 +542,19 @@ async def test_the_s3_secret_stays_out_of_reprs_logs_and_errors(s3_settings: Fet
     shown = [repr(s3_settings), s3_settings.model_dump_json(), repr(s3_store("images", s3_settings)),
              str(caught.value), repr(logs)]
     assert not [text for text in shown if "do-not-print-me" in text]
+
+
+async def test_a_public_bucket_is_read_without_keys(s3_settings: FetchSettings, s3: S3) -> None:
+    """No access key set: requests go unsigned (before, building the store failed on the missing keys)."""
+    s3_settings.s3_access_key_id = None
+    s3_settings.s3_secret_access_key = None
+    client = s3.client
+    client.create_bucket(Bucket="public")  # type: ignore[attr-defined]
+    client.put_bucket_policy(Bucket="public", Policy=json.dumps({  # type: ignore[attr-defined]
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::public/*"}],
+    }))
+    client.put_object(Bucket="public", Key="a.png", Body=png(8, 8))  # type: ignore[attr-defined]
+    uri = "s3://public/a.png"
+    fetched = await ImageFetcher(s3_settings).fetch(image_ref(uri))
+    assert fetched.image.size == (8, 8)
