@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 BROWSER := /usr/bin/chromedriver
 # deploy/'s checks: promtool unpacked from Debian's prometheus package (not installed: no server is started)
 PROMTOOL := .tools/prometheus/usr/bin/promtool
+# checkov (the manifests' IaC linter) in a venv of its own: its dependency tree would pin the project's
+CHECKOV := .tools/checkov/bin/checkov
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test bench train-lite clean
@@ -33,7 +35,11 @@ $(PROMTOOL):
 	rm -rf .tools/prometheus && mkdir -p .tools/prometheus
 	cd .tools/prometheus && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb . && rm prometheus_*.deb
 
-test: $(STAMP) $(BROWSER) $(PROMTOOL)
+$(CHECKOV): deploy/k8s/checkov-constraints.txt
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/python -m pip install --quiet -c deploy/k8s/checkov-constraints.txt checkov==3.3.30
+
+test: $(STAMP) $(BROWSER) $(PROMTOOL) $(CHECKOV)
 	$(BIN)/ruff check workers schemas topics trainer console tests bench
 	$(BIN)/python -m pytest -q
 
