@@ -21,6 +21,8 @@ from workers.settings import GuardSettings, OperatingPoint
 DEFAULT_LOW = 0.03
 DEFAULT_HIGH = 0.99
 
+LITE_NOTE = "[lite stage unsure at operating point "  # how the last line of a cascade's reasoning begins
+
 
 def is_settled(result: GuardResult, low: float, high: float) -> bool:
     def decisive(score: float | None) -> bool:
@@ -94,6 +96,6 @@ class CascadeGuard:
     def _with_lite_evidence(outcome: GuardOutcome, lite: GuardOutcome, point: OperatingPoint) -> GuardOutcome:
         if not isinstance(outcome, GuardResult) or not isinstance(lite, GuardResult):
             return outcome
-        note = (f"[lite stage unsure at operating point {point}: request score {lite.request_score}, "
+        note = (f"{LITE_NOTE}{point}: request score {lite.request_score}, "
                 f"response score {lite.response_score}]")
         return replace(outcome, reasoning=f"{outcome.reasoning}\n{note}", stages=(Stage.of(lite), Stage.of(outcome)))
