@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -63,6 +64,25 @@ def decode(records: list[ConsumerRecord[bytes, bytes]], settings: ConsoleSetting
     return Polled(incoming, undecodable)
 
 
+@dataclass
+class Tally:
+    """What one poll's records came to, counted into the metrics only once the poll is stored and committed."""
+
+    undecodable: int = 0
+    refused: int = 0
+    unreadable: Counter[str] = field(default_factory=Counter)  # by reason
+    queued: Counter[str] = field(default_factory=Counter)  # by sampling reason
+
+    def count(self, metrics: ConsoleMetrics, seen: int) -> None:
+        metrics.verdicts_seen.inc(seen)
+        metrics.verdicts_undecodable.inc(self.undecodable)
+        metrics.verdicts_refused.inc(self.refused)
+        for reason, n in self.unreadable.items():
+            metrics.events_unreadable.labels(reason).inc(n)
+        for reason, n in self.queued.items():
+            metrics.queued.labels(reason).inc(n)
+
+
 class ReadOverBudget(RecordUnavailable):
     """A read that did not finish within its reader's budget (its wait for the reader included): retriable."""
 
@@ -86,13 +106,16 @@ class EventReader:
     async def stop(self) -> None:
         await self.reader.stop()
 
-    async def event(self, event_id: str, at: SourceRef | None) -> ChatEvent | None:
+    async def event(self, event_id: str, at: SourceRef | None,
+                    unreadable: Counter[str] | None = None) -> ChatEvent | None:
+        """The event, or None for one that can never be read: counted at once, or in `unreadable` by reason
+        for a caller that counts only once its batch is stored."""
         if at is None:
-            return self._unreadable(event_id, NoCoordinates("the verdict names no event coordinates"))
+            return self._unreadable(event_id, NoCoordinates("the verdict names no event coordinates"), unreadable)
         try:
             return storable_model(await self._read(self.resolver.read_event, at, event_id))
         except Unresolvable as exc:
-            return self._unreadable(event_id, exc)
+            return self._unreadable(event_id, exc, unreadable)
 
     async def verdict(self, event_id: str, at: SourceRef) -> Verdict | None:
         try:
@@ -110,8 +133,11 @@ class EventReader:
                 raise
             raise ReadOverBudget(f"reading {at.topic}[{at.partition}]@{at.offset} took over {self.budget_s}s") from exc
 
-    def _unreadable(self, event_id: str, exc: Unresolvable) -> None:
-        self.metrics.events_unreadable.labels(exc.reason).inc()
+    def _unreadable(self, event_id: str, exc: Unresolvable, unreadable: Counter[str] | None = None) -> None:
+        if unreadable is None:
+            self.metrics.events_unreadable.labels(exc.reason).inc()
+        else:
+            unreadable[exc.reason] += 1
         log.warning("record unreadable: not queued", event_id=event_id, reason=exc.reason, error=str(exc))
 
 
@@ -160,7 +186,7 @@ class VerdictIntake:
             records = [r for rs in batches.values() for r in rs]
             if not records:
                 return 0
-            added = await self._take(records)
+            added, tally = await self._take(records)
             await self._count_open_items()
             await self.consumer.commit()
         except UNAVAILABLE as exc:
@@ -173,6 +199,7 @@ class VerdictIntake:
             return 0
         self.failures.ended()
         self.seen += len(records)
+        tally.count(self.metrics, len(records))  # once stored: a poll read again after a failure counts once
         return added
 
     async def _count_open_items(self) -> None:
@@ -180,16 +207,15 @@ class VerdictIntake:
         self.metrics.queue_open.set(count)
         self.metrics.queue_oldest_s.set(oldest_s)
 
-    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> tuple[int, Tally]:
         polled = decode(records, self.settings)
-        self.metrics.verdicts_undecodable.inc(polled.undecodable)
-        self.metrics.verdicts_seen.inc(len(records))
+        tally = Tally(undecodable=polled.undecodable)
         queued = await asyncio.to_thread(self.store.events_with_items, [i.verdict.event_id for i in polled.incoming])
         events: dict[str, tuple[ChatEvent, SourceRef | None]] = {}
         for one in polled.incoming:
             event_id = one.verdict.event_id
             if one.reasons and event_id not in queued and event_id not in events:
-                event = await self.events.event(event_id, one.verdict.source)
+                event = await self.events.event(event_id, one.verdict.source, tally.unreadable)
                 if event is not None:
                     events[event_id] = (event, one.verdict.source)
         now = datetime.now(UTC)
@@ -205,14 +231,13 @@ class VerdictIntake:
                 except UNAVAILABLE:
                     raise
                 except DBAPIError as exc:
-                    self.metrics.verdicts_refused.inc()
+                    tally.refused += 1
                     log.warning("verdict refused by the review store: skipped", event_id=one.verdict.event_id,
                                 at=f"{one.at.topic}[{one.at.partition}]@{one.at.offset}", error=type(exc.orig).__name__)
         for one in polled.incoming:
             if one.verdict.event_id in events:
-                for reason in one.reasons:
-                    self.metrics.queued.labels(str(reason)).inc()
-        return added
+                tally.queued.update(str(reason) for reason in one.reasons)
+        return added, tally
 
     def _rewind(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         assert self.consumer is not None

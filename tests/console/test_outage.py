@@ -21,6 +21,7 @@ from tests.console.conftest import POSTGRES_ADMIN, chat, publish_judged, running
 from tests.console.health import readyz
 from tests.kafka_io import read_until
 from tests.waiting import wait_until
+from topics.io import produce_raw
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
 
@@ -59,7 +60,8 @@ def _metric(service: ConsoleService, name: str, **labels: str) -> float:
 async def outlast_polls_then_catch_up(settings: ConsoleSettings, broker: LocalBroker, topics: TopicNames,
                                       outage: Any) -> None:
     """A label given before the outage falls due during it, and a verdict arrives during it: the console keeps
-    running, /readyz is 503 with both reasons, and once the store answers again both are handled."""
+    running, /readyz is 503 with both reasons, and once the store answers again both are handled. A record that
+    can never be stored, read again with the poll at every failed try, is counted once."""
     settings.review.undo_window_s = 1.0
     settings.backoff_base_s, settings.backoff_max_s = 0.2, 1.0
     async with running_console(settings) as service:  # which re-raises the error of a console that ended
@@ -69,11 +71,13 @@ async def outlast_polls_then_catch_up(settings: ConsoleSettings, broker: LocalBr
         assert item is not None
         service.store.label(item.id, "alice", True, None, "given before the outage", datetime.now(UTC))
         with outage:
+            await produce_raw(broker.bootstrap_servers, topics.verdicts, [(None, b"not a verdict")])
             await publish_judged(broker.bootstrap_servers, topics, [(chat("during"), verdict("during", error="x"))])
             await wait_until(lambda: _metric(service, "guardstream_console_label_publish_errors_total",
                                              error="OperationalError") >= POLLS_OUTLASTED
-                             and _metric(service, "guardstream_console_intake_errors_total", error="OperationalError"),
-                             60, "both loops failed, the publisher repeatedly")
+                             and _metric(service, "guardstream_console_intake_errors_total",
+                                         error="OperationalError") >= 2,
+                             60, "both loops failed repeatedly")
             status, body = await readyz(service)  # answered: the console still runs
             assert status == 503 and not body["ready"]
             reasons = " ".join(body["problems"])
@@ -85,6 +89,8 @@ async def outlast_polls_then_catch_up(settings: ConsoleSettings, broker: LocalBr
         records = await read_until(broker.bootstrap_servers, topics.audit_labels, lambda rs: len(rs) >= 1,
                                    settle_s=1.0)
         assert [AuditLabel.model_validate_json(r.value).note for r in records] == ["given before the outage"]
+        assert _metric(service, "guardstream_console_verdicts_undecodable_total") == 1
+        assert _metric(service, "guardstream_console_verdicts_total") == 3  # each record read counted once
         await wait_until(lambda: service.ready, 30, "ready again")
         assert (await readyz(service))[0] == 200
 
