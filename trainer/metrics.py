@@ -31,6 +31,6 @@ class TrainerMetrics:
         self.pending_labels = Gauge("guardstream_trainer_pending_labels",
                                     "Labels consumed and waiting for their shard (not committed)", registry=r)
         self.job_runs = Counter("guardstream_trainer_job_runs", "Job runs by job and outcome (released, refused, "
-                                "failed)", ["job", "outcome"], registry=r)
+                                "failed)", ["trainer_job", "outcome"], registry=r)
         self.last_run = Gauge("guardstream_trainer_last_run_timestamp_seconds",
-                              "When the last job run finished (unix time)", ["job"], registry=r)
+                              "When the last job run finished (unix time)", ["trainer_job"], registry=r)
