@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLFo
 
 from workers.guard.base import GuardRequest
 from workers.guard.prompt import INSTRUCTION, chat_messages
-from workers.guard.qwen_processor import ImageOnlyQwenProcessor, Qwen2VLImageProcessorPil
+from workers.guard.qwen_processor import ImageOnlyQwenProcessor, Qwen2VLImageProcessorPil, load_processor
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
            "<|video_pad|>"]
@@ -83,22 +83,23 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2_5_VL
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
-def teach_format(model: Qwen2_5_VLForConditionalGeneration, processor: ImageOnlyQwenProcessor, steps: int) -> float:
-    """Train on the lessons (loss on the answer tokens only); return the final loss."""
+def teach_format(model: Qwen2_5_VLForConditionalGeneration, processor: ImageOnlyQwenProcessor, steps: int,
+                 lessons: list[Lesson] = LESSONS, lr: float = 3e-3) -> float:
+    """Train on `lessons` (loss on the answer tokens only); return the final loss."""
     prompts = [processor.apply_chat_template(chat_messages(lesson.request), tokenize=False, add_generation_prompt=True)
-               for lesson in LESSONS]
-    full = [p + lesson.target() + "<|im_end|>" for p, lesson in zip(prompts, LESSONS, strict=True)]
-    images = [image for lesson in LESSONS for image in lesson.request.images]
+               for lesson in lessons]
+    full = [p + lesson.target() + "<|im_end|>" for p, lesson in zip(prompts, lessons, strict=True)]
+    images = [image for lesson in lessons for image in lesson.request.images]
     processor.tokenizer.padding_side = "right"
     batch = processor(text=full, images=images, padding=True, return_tensors="pt")
     prompt_lengths = [len(processor(text=[p], images=lesson.request.images or None)["input_ids"][0])
-                      for p, lesson in zip(prompts, LESSONS, strict=True)]
+                      for p, lesson in zip(prompts, lessons, strict=True)]
     processor.tokenizer.padding_side = "left"
     labels = batch["input_ids"].clone()
     for row, length in enumerate(prompt_lengths):
         labels[row, :length] = -100
     labels[batch["attention_mask"] == 0] = -100
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     loss = torch.tensor(0.0)
     for _ in range(steps):
@@ -123,4 +124,33 @@ def build_tiny_qwen(folder: Path, train_steps: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)
+    return folder
+
+
+def flipped(lesson: Lesson) -> Lesson:
+    """The lesson with its labels reversed: what a retrained model that disagrees with the base would say."""
+    response = None if lesson.response_harmful is None else not lesson.response_harmful
+    return Lesson(lesson.request, not lesson.harmful, response)
+
+
+def build_tiny_adapter(base: Path, folder: Path, seed: int = 1, std: float = 0.3, train_steps: int = 0) -> Path:
+    """Write a PEFT LoRA adapter for the checkpoint in `base` into `folder`: rank 4 on the text model's
+    attention projections. Without `train_steps`, its weights are drawn from `seed` (not zero), so it changes
+    what the model says; with them, it is trained from peft's initialisation to give the lessons' labels
+    reversed, in the same format."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base, local_files_only=True)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    peft_model = get_peft_model(model, config)
+    if train_steps:
+        teach_format(peft_model, load_processor(base), train_steps, [flipped(lesson) for lesson in LESSONS], lr=1e-2)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if ".lora_A." in name or ".lora_B." in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    peft_model.save_pretrained(folder)
     return folder

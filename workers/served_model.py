@@ -6,9 +6,10 @@ made at one point is never served at another."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from schemas.events import ChatEvent, ModelRef, ModelRelease
 from workers.cache import cache_key
@@ -64,22 +65,54 @@ class ServedModel:
         return cache_key(self.cache_prefix, self.ref.name, self.keyed_version, self.policy(point), key)
 
 
+def adapter_setting(backend: str) -> str:
+    """The setting that names the adapter folder `backend` serves. A backend serves adapter releases when its
+    class has `with_adapter` (an adapter on the model already loaded) and a `<name>_lora_adapter` setting."""
+    from workers.guard.registry import BACKENDS
+
+    target = BACKENDS.get(backend)
+    if target is None:
+        raise BackendUnavailable(f"unknown guard backend {backend!r}; choose from {sorted(BACKENDS)}")
+    module_name, _, class_name = target.partition(":")
+    backend_cls = getattr(importlib.import_module(module_name), class_name)
+    setting = f"{backend_cls.name}_lora_adapter"
+    if not hasattr(backend_cls, "with_adapter") or setting not in GuardSettings.model_fields:
+        raise BackendUnavailable(f"the {backend} backend cannot serve adapter releases")
+    return setting
+
+
+def same_checkpoint(base_model: str, model_path: Path) -> bool:
+    """Whether `base_model` (a folder, a hub id `org/name`, or a bare name) names the checkpoint in `model_path`:
+    the same path, or the same last component."""
+    return Path(base_model) == model_path or PurePosixPath(base_model.rstrip("/")).name == model_path.name
+
+
 def release_settings(current: GuardSettings, release: ModelRelease, path: Path) -> GuardSettings:
-    """The guard settings that serve `release`: its backend and version, its artefact at `path` (local)."""
-    if release.kind == "adapter" and release.backend != "vllm":
-        raise BackendUnavailable(f"release {release.version}: adapter releases need the vllm backend's LoRA support")
+    """The guard settings that serve `release`: its backend and version, its artefact at `path` (local).
+    An adapter release is served on the base checkpoint of `current` (MODEL_PATH), which its `base_model`,
+    where given, must name."""
     update: dict[str, object] = {"backend": release.backend, "model_version": release.version}
-    target = {"lite": "lite_artefact"}.get(release.backend, "model_path")
-    update["vllm_lora_adapter" if release.kind == "adapter" else target] = path
+    if release.kind == "adapter":
+        setting = adapter_setting(release.backend)
+        if current.model_path is None:
+            raise BackendUnavailable(f"release {release.version}: an adapter release needs the base checkpoint "
+                                     "in GUARDSTREAM_GUARD__MODEL_PATH")
+        if release.base_model is not None and not same_checkpoint(release.base_model, current.model_path):
+            raise BackendUnavailable(f"release {release.version}: the adapter is for base model {release.base_model!r}, "
+                                     f"but the base checkpoint served is {str(current.model_path)!r}")
+        update[setting] = path
+    else:
+        update[{"lite": "lite_artefact"}.get(release.backend, "model_path")] = path
     return current.model_copy(update=update)
 
 
 def load_release(current: GuardBackend, guard: GuardSettings, release: ModelRelease) -> GuardBackend:
-    """A backend for `release` (`guard` is its `release_settings`): an adapter on the running engine where
-    the backend can do that, else a fresh load."""
+    """A backend for `release` (`guard` is its `release_settings`): an adapter on the running model where the
+    current backend is the release's and serves the same base checkpoint, else a fresh load."""
     with_adapter = getattr(current, "with_adapter", None)
-    if release.kind == "adapter" and with_adapter is not None:
-        return with_adapter(release.version, guard.vllm_lora_adapter)  # type: ignore[no-any-return]
+    same_base = getattr(current, "checkpoint", guard.model_path) == guard.model_path
+    if release.kind == "adapter" and with_adapter is not None and current.name == release.backend and same_base:
+        return with_adapter(release.version, getattr(guard, adapter_setting(release.backend)))  # type: ignore[no-any-return]
     from workers.guard.registry import load_backend
 
     return load_backend(guard)

@@ -174,6 +174,8 @@ class GuardSettings(Section):
     max_new_tokens: int = Field(1024, ge=1, description="generation budget; the reference uses 4096")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1…")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    transformers_lora_adapter: Path | None = Field(None, description="PEFT LoRA adapter folder the transformers "
+                                                   "backend serves on MODEL_PATH")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. a vLLM server's /v1")
     openai_api_key: SecretStr = Field(SecretStr("none"), description="sent as the bearer token")
     openai_model: str | None = Field(None, description="model name the server knows; default: MODEL_PATH")
