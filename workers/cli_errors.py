@@ -111,13 +111,14 @@ def _unreachable(exc: BaseException) -> str | None:
 def describe(exc: BaseException) -> tuple[Exit, str]:
     """The exit code and the one line for a command that ended with `exc`."""
     from workers.errors import BackendUnavailable, GuardstreamError
+    from workers.kafka_clients import KafkaSecurityError
 
     code = getattr(exc, "exit_code", None)
     if isinstance(code, int) and not isinstance(exc, click.exceptions.Exit):
         return Exit(code), one_line(str(exc))
     if isinstance(exc, ValidationError):
         return Exit.INPUT, one_line(validation_message(exc))
-    if type(exc).__name__ == "KafkaSecurityError":  # the Kafka security settings do not fit together
+    if isinstance(exc, KafkaSecurityError):  # the Kafka security settings do not fit together
         return Exit.INPUT, one_line(f"kafka settings: {exc}")
     if isinstance(exc, FileNotFoundError):
         return Exit.INPUT, one_line(f"{exc.filename or exc}: no such file or folder")

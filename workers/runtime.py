@@ -173,15 +173,17 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 
 def _reason(exc: BaseException, timeout_s: float) -> str:
+    from aiokafka.errors import KafkaConnectionError
+
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout_s:g} s"
     socket_error = _os_error(exc)
     if socket_error is not None and socket_error.errno is not None:
         return os.strerror(socket_error.errno).lower()
+    if isinstance(exc, KafkaConnectionError):
+        return "no connection"
     exc = getattr(exc, "orig", None) or exc  # a database driver's own error, without SQLAlchemy's wrapping
     name = type(exc).__name__
-    if name == "KafkaConnectionError":
-        return "no connection"
     text = " ".join(str(exc).split())
     return f"{name}: {text[:300]}" if text else name
 
