@@ -23,9 +23,9 @@ import jsonschema
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
 
 from console.settings import ConsoleSettings
+from tests.deploy.setting_names import setting_field
 from trainer.settings import TrainerSettings
 from workers.health import HealthServer
 from workers.settings import ServiceSettings, WorkerSettings
@@ -314,7 +314,7 @@ def check_settings(model: type[ServiceSettings], env: dict[str, str], where: str
     accepts the values."""
     ours = {k: v for k, v in env.items() if k.startswith("GUARDSTREAM_") and k not in NOT_SETTINGS}
     for key in ours:
-        assert setting_path_exists(model, key.removeprefix("GUARDSTREAM_").lower().split("__")), \
+        assert setting_field(model, key) is not None, \
             f"{where}: {key} is not a setting of {model.__name__}"
     with monkeypatch.context() as patch:
         for key in [k for k in os.environ if k.startswith("GUARDSTREAM_")]:
@@ -322,16 +322,6 @@ def check_settings(model: type[ServiceSettings], env: dict[str, str], where: str
         for key, value in ours.items():
             patch.setenv(key, value)
         model()
-
-
-def setting_path_exists(model: type[BaseModel], path: list[str]) -> bool:
-    field = model.model_fields.get(path[0])
-    if field is None:
-        return False
-    if len(path) == 1:
-        return True
-    nested = field.annotation
-    return isinstance(nested, type) and issubclass(nested, BaseModel) and setting_path_exists(nested, path[1:])
 
 
 def test_prometheus_scrapes_every_guardstream_service() -> None:

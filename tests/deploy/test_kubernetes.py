@@ -26,10 +26,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from console.settings import ConsoleSettings
+from tests.deploy.setting_names import setting_field
 from topics import cli as topics_cli
 from topics.registry import TopicNames, topic_specs
 from trainer.settings import TrainerSettings
@@ -161,23 +162,6 @@ def load_settings(cls: type[ServiceSettings], env: dict[str, str]) -> Any:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GUARDSTREAM_")}
     with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
         return cls()
-
-
-def setting_field(cls: type[BaseModel], name: str) -> FieldInfo | None:
-    """The field a GUARDSTREAM_* variable sets (nested with `__`), or None when the model has none."""
-    model: type[BaseModel] = cls
-    parts = name.removeprefix("GUARDSTREAM_").lower().split("__")
-    for depth, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        if depth == len(parts) - 1:
-            return field
-        annotation = field.annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return None
 
 
 def is_secret(field: FieldInfo) -> bool:
