@@ -2,7 +2,8 @@
 
 1. The data set's latest labels are split by content: held-out events (a fixed hash of the event's
    content key, `gate.held_out_fraction`, `trainer/held_out.py`) are never given to the job.
-2. The job trains a candidate (on a thread; it may take minutes).
+2. The job trains a candidate (on a thread; it may take minutes), given the serving model and the verdict
+   each label judged; its own figures (loss, reward…) go into the report beside the evaluation.
 3. The candidate and the model serving now (the last release in `moderation.models`, else the
    configured guard) are evaluated on the same held-out labels, and again on the part of them chosen by
    uniform random sampling, and both on the gate's regression set (`trainer/regression.py`: hard cases and
@@ -20,6 +21,7 @@ scoring, the report and its plots, reading artefacts) runs on a thread.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,13 +105,15 @@ async def _run(name: str, settings: TrainerSettings, record: RunRecord) -> None:
                            "composition": asdict(composition)}
         log.info("release_decision", job=name, trigger=record.trigger, outcome=record.outcome, **record.decision)
         return
-    training = TrainingData(held.training, settings.dataset.uri, manifest.updated_at.isoformat(), composition.total)
+    serving_guard = await _serving_guard(settings)
+    record.serving_version = serving_guard.model_version
+    verdicts = {example.event.event_id: example.verdict for example in examples if example.verdict is not None}
+    training = TrainingData(held.training, settings.dataset.uri, manifest.updated_at.isoformat(), composition.total,
+                            verdicts=verdicts, serving=serving_guard)
     run_dir = settings.jobs.work_dir / f"{name}-{record.started_at:%Y%m%dT%H%M%S%f}"
     candidate = await asyncio.to_thread(make_job(name, settings).train, training, run_dir / "candidate")
     record.version = candidate.version
 
-    serving_guard = await _serving_guard(settings)
-    record.serving_version = serving_guard.model_version
     candidate_guard = _candidate_guard(settings.guard, candidate)
     serving, serving_verdicts = await _evaluate(serving_guard, held.evaluation, settings)
     scored, verdicts = await _evaluate(candidate_guard, held.evaluation, settings)
@@ -119,6 +123,7 @@ async def _run(name: str, settings: TrainerSettings, record: RunRecord) -> None:
     record.decision = decision.to_dict()
     report = await write_run_report(scored, serving, run_dir / "report", f"{name} candidate {candidate.version}",
                                     f"serving {serving_guard.model_version}")
+    await asyncio.to_thread(_add_training_figures, report, candidate)
     record.report = await _store_folder(settings, f"{candidate.version}/report", report.parent)
     if decision.release:
         record.artefact_uri = await _store_artefact(settings, candidate)
@@ -142,6 +147,22 @@ async def _serving_guard(settings: TrainerSettings) -> GuardSettings:
         return settings.guard
     path = await materialise(release.artefact_uri, settings.fetch, settings.guard.artefact_cache_dir)
     return release_settings(settings.guard, release, path)
+
+
+def _add_training_figures(report: Path, candidate: Candidate) -> None:
+    """The job's own figures (loss, reward, clip range, tokens/s) copied beside the evaluation, and named in it."""
+    if not candidate.report_files:
+        return
+    lines = ["", "## Training", "", f"Figures of the job that made {candidate.version}:", ""]
+    for path in candidate.report_files:
+        shutil.copy2(path, report.parent / f"training-{path.name}")
+        lines.append(f"![training](training-{path.name})" if path.suffix == ".png" else
+                     f"- [training-{path.name}](training-{path.name})")
+    summary = candidate.metadata.get("figures")
+    if summary:
+        lines += ["", "| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in summary.items())]
+    with report.open("a") as out:
+        out.write("\n".join(lines) + "\n")
 
 
 def _candidate_guard(guard: GuardSettings, candidate: Candidate) -> GuardSettings:

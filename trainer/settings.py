@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from trainer.reasoning_settings import ReasoningSettings
 from workers.settings import (
     FetchSettings,
     GuardSettings,
@@ -99,6 +100,7 @@ class TrainerSettings(ServiceSettings):
     labels: LabelSettings = Field(default_factory=LabelSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     lite_refit: LiteRefitSettings = Field(default_factory=LiteRefitSettings)
+    reasoning: ReasoningSettings = Field(default_factory=ReasoningSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     observability: ObservabilitySettings = Field(
         default_factory=lambda: ObservabilitySettings(health_port=9465))
