@@ -60,8 +60,9 @@ def run(job: str = typer.Argument(..., help="the job's name, e.g. lite-refit")) 
     settings = TrainerSettings()
     configure_logging(settings.observability.log_format, settings.observability.log_level)
     record = asyncio.run(run_job(job, settings, trigger="manual"))
+    if record.exception is not None:  # one line and the code its type gives (the record is in the log)
+        raise record.exception
     typer.echo(json.dumps(record.to_dict(), default=str, indent=1))
-    raise typer.Exit(0 if record.outcome != "failed" else 1)
 
 
 def trainer_command(

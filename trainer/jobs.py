@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from schemas.events import Verdict
 from trainer.labelled import LabelledEvent
 from trainer.settings import TrainerSettings
+from workers.cli_errors import Exit
 from workers.settings import GuardSettings
 
 
@@ -54,6 +55,8 @@ class Job(Protocol):
 
 class UnknownJob(ValueError):
     """A job name that no job answers to."""
+
+    exit_code = Exit.USAGE
 
 
 def _lite_refit(settings: TrainerSettings) -> Job:

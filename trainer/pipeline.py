@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from trainer.labelled import LabelledEvent
 from trainer.regression import regression_set
 from trainer.settings import TrainerSettings
 from workers.artefacts import materialise
+from workers.cli_errors import Exit
 from workers.guard.registry import load_backend
 from workers.kafka_clients import client_options
 from workers.model_watch import current_release
@@ -67,13 +68,16 @@ class RunRecord:
     report: str | None = None
     artefact_uri: str | None = None
     error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)  # what `error` says
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exception"}
 
 
 class NoLabelledData(RuntimeError):
     """The data set holds no labelled events yet: there is nothing to train or evaluate on."""
+
+    exit_code = Exit.INPUT
 
 
 async def run_job(name: str, settings: TrainerSettings, trigger: str = "manual") -> RunRecord:
@@ -83,9 +87,12 @@ async def run_job(name: str, settings: TrainerSettings, trigger: str = "manual")
     try:
         await _run(name, settings, record)
     except Exception as exc:
-        record.outcome, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        record.outcome, record.error, record.exception = "failed", f"{type(exc).__name__}: {exc}", exc
         record.finished_at = datetime.now(UTC)
-        log.exception("job_failed", job=name, trigger=trigger)
+        if isinstance(getattr(exc, "exit_code", None), int):  # a failure its type names and explains
+            log.error("job_failed", job=name, trigger=trigger, error=record.error)
+        else:
+            log.exception("job_failed", job=name, trigger=trigger)
     record.finished_at = record.finished_at or datetime.now(UTC)
     return record
 

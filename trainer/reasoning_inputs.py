@@ -24,6 +24,7 @@ from tqdm import tqdm
 from schemas.events import ChatEvent
 from trainer.reasoning_data import ReasoningPrompt, RlItem, SftExample
 from trainer.reasoning_settings import ReasoningSettings
+from workers.cli_errors import Exit
 from workers.fetch import ImageFetcher
 from workers.guard.qwen_processor import load_processor
 from workers.settings import FetchSettings, GuardSettings
@@ -31,6 +32,8 @@ from workers.settings import FetchSettings, GuardSettings
 
 class NoBaseModel(ValueError):
     """A reasoning job was asked for with no checkpoint to train from."""
+
+    exit_code = Exit.INPUT
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ them, and `trainer/reasoning_data.py` refuses any that would).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,13 @@ from trainer.reasoning_inputs import (
 )
 from trainer.reasoning_settings import ReasoningSettings
 from trainer.settings import TrainerSettings
+from workers.cli_errors import Exit
 
 
 class NothingToTrain(ValueError):
     """The labels gave the job no row to train on."""
+
+    exit_code = Exit.INPUT
 
 
 class ReasoningJob:
@@ -93,7 +98,8 @@ class ReasoningJob:
         trainer = self.make_trainer(model, processor, rows, out_dir / "checkpoints", peft_config)
         figures = FiguresCallback(lambda: self.clip_range(trainer))  # type: ignore[arg-type, return-value]
         trainer.add_callback(figures)
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines are progress: stdout is the caller's
+            trainer.train()
         return self._candidate(trainer, processor, base, data, out_dir, figures)
 
     def _candidate(self, trainer: Any, processor: Any, base: Base, data: TrainingData, out_dir: Path,

@@ -3,15 +3,20 @@ does not hold out, text and image, with and without a response."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas.events import ChatEvent, ImageRef
+from schemas.events import AuditLabel, ChatEvent, ImageRef
 from tests.factories import png
 from tests.tiny_qwen import LESSONS, Lesson
+from tests.trainer.test_reasoning_data import verdict
+from trainer.dataset import AuditExample
 from trainer.held_out import is_held_out
 from trainer.labelled import LabelledEvent
 from trainer.reasoning_settings import GrpoSettings, ReasoningSettings, SftSettings
 
+TEXT_LESSONS = [lesson for lesson in LESSONS if not lesson.request.images]
+MODEL = "tiny-guardreasoner"
 TINY_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -50,3 +55,21 @@ def lesson_items(fraction: float, image_dir: Path, flip: bool = False) -> list[L
         response = None if lesson.response_harmful is None else lesson.response_harmful != flip
         items.append(LabelledEvent(event, lesson.harmful != flip, response, source="audit"))
     return items
+
+
+def lesson_examples(variants: int) -> list[AuditExample]:
+    """Each text lesson a few times over (its text numbered), labelled as the lesson says, with the verdict
+    the serving model gave it (its own reasoning, in agreement)."""
+    examples = []
+    for n in range(variants):
+        for i, lesson in enumerate(TEXT_LESSONS):
+            chat = ChatEvent(event_id=f"l{i}-{n}", conversation_id=f"c{i}", tenant="test",
+                             text=f"{lesson.request.text} ({n})", response=lesson.request.response)
+            label = AuditLabel(event_id=chat.event_id, request_harmful=lesson.harmful,
+                               response_harmful=lesson.response_harmful, labeller="reviewer",
+                               labelled_at=datetime.now(UTC))
+            reasoning = lesson.target().split("</think>")[0].removeprefix("<think>\n").strip()
+            judged = verdict(chat, lesson.harmful, lesson.response_harmful, reasoning=reasoning,
+                             decided_by="transformers")
+            examples.append(AuditExample(event=chat, label=label, verdict=judged))
+    return examples

@@ -5,47 +5,24 @@ candidate whose output format breaks is refused."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from schemas.events import AuditLabel, ChatEvent, VerdictStatus
+from schemas.events import VerdictStatus
 from tests.conftest import S3, running_worker, verdicts_covering
 from tests.factories import event
-from tests.tiny_qwen import LESSONS, build_tiny_adapter
-from tests.trainer.reasoning_fixtures import tiny_reasoning
-from tests.trainer.test_reasoning_data import verdict
+from tests.tiny_qwen import build_tiny_adapter
+from tests.trainer.reasoning_fixtures import MODEL, TEXT_LESSONS, lesson_examples, tiny_reasoning
 from topics.io import produce_events
 from topics.registry import TopicNames
 from trainer import jobs
-from trainer.dataset import AuditExample, DataSet
+from trainer.dataset import DataSet
 from trainer.jobs import Candidate, TrainingData
 from trainer.pipeline import run_job
 from trainer.settings import TrainerSettings
 from workers.model_watch import current_release
 from workers.settings import GuardSettings, WorkerSettings
-
-TEXT_LESSONS = [lesson for lesson in LESSONS if not lesson.request.images]
-MODEL = "tiny-guardreasoner"
-
-
-def lesson_examples(variants: int) -> list[AuditExample]:
-    """Each text lesson a few times over (its text numbered), labelled as the lesson says, with the verdict
-    the serving model gave it (its own reasoning, in agreement)."""
-    examples = []
-    for n in range(variants):
-        for i, lesson in enumerate(TEXT_LESSONS):
-            chat = ChatEvent(event_id=f"l{i}-{n}", conversation_id=f"c{i}", tenant="test",
-                             text=f"{lesson.request.text} ({n})", response=lesson.request.response)
-            label = AuditLabel(event_id=chat.event_id, request_harmful=lesson.harmful,
-                               response_harmful=lesson.response_harmful, labeller="reviewer",
-                               labelled_at=datetime.now(UTC))
-            reasoning = lesson.target().split("</think>")[0].removeprefix("<think>\n").strip()
-            judged = verdict(chat, lesson.harmful, lesson.response_harmful, reasoning=reasoning,
-                             decided_by="transformers")
-            examples.append(AuditExample(event=chat, label=label, verdict=judged))
-    return examples
 
 
 @pytest.fixture
