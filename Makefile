@@ -41,7 +41,7 @@ $(CHECKOV): deploy/k8s/checkov-constraints.txt
 
 test: $(STAMP) $(BROWSER) $(PROMTOOL) $(CHECKOV)
 	$(BIN)/ruff check workers schemas topics trainer console tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput
