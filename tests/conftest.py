@@ -24,6 +24,7 @@ from aiokafka import ConsumerRecord
 from moto.server import ThreadedMotoServer
 
 from schemas.events import DeadLetter, Verdict
+from tests.fault_proxy import FaultProxy
 from tests.kafka_io import committed_offsets, partition_ends, read_topic, read_until
 from tests.waiting import wait_until
 from topics.admin import create_topics
@@ -50,6 +51,25 @@ PARTITIONS = 4
 def broker() -> Iterator[LocalBroker]:
     with LocalBroker() as local:
         yield local
+
+
+@dataclass(frozen=True)
+class ProxiedBroker:
+    """A broker that tells its clients to connect through a fault proxy, so every byte to it passes the proxy."""
+
+    broker: LocalBroker
+    proxy: FaultProxy
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.proxy.address
+
+
+@pytest.fixture
+def proxied_broker() -> Iterator[ProxiedBroker]:
+    proxy_port = free_loopback_port()
+    with LocalBroker(advertised_port=proxy_port) as broker, FaultProxy("127.0.0.1", broker.port, proxy_port) as proxy:
+        yield ProxiedBroker(broker, proxy)
 
 
 @dataclass

