@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GUARDSTREAM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_loopback_port()}",
-           "GUARDSTREAM_DATA_DIR": str(tmp_path), "GUARDSTREAM_CACHE__ENABLED": "false"}
+           "GUARDSTREAM_DATA_DIR": str(tmp_path), "GUARDSTREAM_CACHE__ENABLED": "false",
+           "GUARDSTREAM_STARTUP_WAIT_S": "0"}
     return subprocess.run([sys.executable, "-m", "workers", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=180)
 

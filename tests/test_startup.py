@@ -32,7 +32,7 @@ def hermetic_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     """This process's environment without any GUARDSTREAM_* of the developer's, plus `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDSTREAM_")}
     env.update({"GUARDSTREAM_DATA_DIR": str(tmp_path), "GUARDSTREAM_OBSERVABILITY__HEALTH_PORT": "0",
-                "GUARDSTREAM_STARTUP_TIMEOUT_S": "5"})
+                "GUARDSTREAM_STARTUP_TIMEOUT_S": "5", "GUARDSTREAM_STARTUP_WAIT_S": "0"})
     env.update(settings)
     return env
 

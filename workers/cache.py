@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from workers.dependency_state import REDIS
 from workers.guard.base import GuardResult
 from workers.metrics import WorkerMetrics
 from workers.settings import CacheSettings
@@ -100,6 +101,7 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             self._degrade("get", exc)
             return {}
+        self.metrics.dependencies.answered(REDIS)
         return read_entries(keys, values, self.metrics)
 
     async def put_many(self, items: dict[str, GuardResult]) -> None:
@@ -112,15 +114,23 @@ class RedisCache:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._degrade("put", exc)
+            return
+        self.metrics.dependencies.answered(REDIS)
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    @property
+    def retrying(self) -> bool:
+        """True once an error's `retry_after_s` has passed (or there was none): the next call goes to Redis."""
+        return not self._skipping()
 
     def _skipping(self) -> bool:
         return time.monotonic() < self._down_until
 
     def _degrade(self, operation: str, exc: BaseException) -> None:
         self.metrics.cache_errors.inc()
+        self.metrics.dependencies.failed(REDIS, exc)
         self._down_until = time.monotonic() + self.settings.retry_after_s
         log.warning("cache_degraded", operation=operation, error=f"{type(exc).__name__}: {exc}",
                     retry_after_s=self.settings.retry_after_s)

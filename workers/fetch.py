@@ -386,7 +386,8 @@ class ImageFetcher:
             return ImageNotAllowed(f"{uri}: access denied by the store")
         if isinstance(exc, TimeoutError):
             return FetchUnavailable(f"{uri}: timed out")
-        return FetchUnavailable(f"{uri}: {type(exc).__name__}: {exc}")
+        first_line = next(iter(str(exc).splitlines()), "")  # obstore appends a many-line debug dump
+        return FetchUnavailable(f"{uri}: {type(exc).__name__}: {first_line}")
 
     def _store(self, location: Location) -> ObjectStore:
         key = (location.scheme, location.root)

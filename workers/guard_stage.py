@@ -19,6 +19,7 @@ import asyncio
 import structlog
 
 from workers.backoff import backoff_s
+from workers.dependency_state import GUARD_BACKEND
 from workers.errors import BackendError, BackendTimeout
 from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest
 from workers.metrics import WorkerMetrics
@@ -38,18 +39,23 @@ class GuardStage:
         self.metrics.batch_size.observe(len(requests))
         with self.metrics.stage_seconds.labels("guard").time():
             try:
-                return list(await self._with_retries(requests, self.settings.max_attempts))
+                answers = list(await self._with_retries(requests, self.settings.max_attempts))
             except BackendError as exc:
+                self.metrics.dependencies.failed(GUARD_BACKEND, exc)
                 if len(requests) == 1:
                     return [exc]
                 log.warning("batch_failed_isolating", size=len(requests), code=exc.code, error=str(exc))
                 return [await self._single(r) for r in requests]
+        self.metrics.dependencies.answered(GUARD_BACKEND)
+        return answers
 
     async def _single(self, request: GuardRequest) -> GuardOutcome:
         try:
-            return (await self._with_retries([request], 1))[0]
+            answer = (await self._with_retries([request], 1))[0]
         except BackendError as exc:
             return exc
+        self.metrics.dependencies.answered(GUARD_BACKEND)  # the batch failed on another item, not the backend
+        return answer
 
     async def _with_retries(self, requests: list[GuardRequest], attempts: int) -> list[GuardOutcome]:
         attempt = 1

@@ -32,13 +32,15 @@ class HealthPortInUse(Unreachable):
 
 class HealthServer:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
-                 problems: Callable[[], list[str]] = list, status: Callable[[], object] | None = None) -> None:
+                 problems: Callable[[], list[str]] = list, status: Callable[[], object] | None = None,
+                 degraded: Callable[[], list[str]] = list) -> None:
         self.host = host
         self.port = port
         self._registry = registry
         self._ready = ready
         self._problems = problems
         self._status = status
+        self._degraded = degraded  # what is failing that the service does without (still ready)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -70,7 +72,8 @@ class HealthServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         ready = self._ready()
-        return web.json_response({"ready": ready, "problems": self._problems()}, status=200 if ready else 503)
+        return web.json_response({"ready": ready, "problems": self._problems(), "degraded": self._degraded()},
+                                 status=200 if ready else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self._registry)

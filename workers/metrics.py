@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from workers.dependency_state import DependencyState
+
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -53,5 +55,8 @@ class WorkerMetrics:
                                         "(counted as misses)", registry=r)
         self.model_watch_errors = Counter("guardstream_model_watch_errors", "Failures of the release watcher "
                                           "(it restarts)", registry=r)
+        self.dependencies = DependencyState(Gauge(
+            "guardstream_dependency_up", "0 while the worker sees this dependency failing, 1 once it answers",
+            ["dependency"], registry=r))
         self.model_switch_failures = Counter("guardstream_model_switch_failures", "Releases that failed to load",
                                              registry=r)

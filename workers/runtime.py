@@ -5,9 +5,10 @@ stopped, after its own bounded shutdown) and `stop()`.
 
 Start-up, for an orchestrator: settings that do not validate end the process with one line per error, each
 naming its GUARDSTREAM_* variable (exit 3). Then every dependency the settings name is tried once, all at once,
-each for at most `startup_timeout_s`: the brokers (a metadata request, with the TLS and SASL settings), Redis
+each for at most `startup_timeout_s`, and tried again with backoff for up to `startup_wait_s` while a required one
+does not answer: the brokers (a metadata request, with the TLS and SASL settings), Redis
 when the cache is on (PING), the S3 endpoint when one is set (a TCP connection), the console's database when it
-is not a SQLite file (a connection). A broker or database that does not answer ends the process before the
+is not a SQLite file (a connection). A broker or database that does not answer by then ends the process before the
 service is built, with one line naming it by address (never a password) and exit 4; the orchestrator restarts
 it with its backoff. Redis and S3 are not required: one that does not answer is named in a warning line, and
 the service starts and rides out the outage as it would after start (the worker answers without the cache, an
@@ -20,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -28,6 +30,7 @@ from urllib.parse import urlsplit
 import typer
 from pydantic import BaseModel, ValidationError
 
+from workers.backoff import backoff_s
 from workers.cli_errors import CommandFailed, Exit, Unreachable, mask_url_passwords
 from workers.logs import configure_logging
 from workers.settings import (
@@ -196,8 +199,12 @@ async def _probe(dependency: Dependency, timeout_s: float) -> str | None:
     return None
 
 
-def check_dependencies(dependencies: Iterable[Dependency], timeout_s: float) -> None:
-    """Try each dependency once, all at once. Unreachable (exit 4) names every required one that did not
+STARTUP_RETRY_BASE_S, STARTUP_RETRY_MAX_S = 0.5, 5.0
+
+
+def check_dependencies(dependencies: Iterable[Dependency], timeout_s: float, wait_s: float = 0.0) -> None:
+    """Try each dependency, all at once; while a required one does not answer, try again with backoff for up to
+    `wait_s` (saying so once on stderr). Unreachable (exit 4) names every required one that still did not
     answer; one that is not required is named in a warning line on stderr, and the service starts without it."""
     from workers.logs import drop_bootstrap_failures
 
@@ -207,8 +214,17 @@ def check_dependencies(dependencies: Iterable[Dependency], timeout_s: float) -> 
     async def probe_all() -> list[str | None]:
         return await asyncio.gather(*(_probe(d, timeout_s) for d in listed))
 
-    failed = [(d, found) for d, found in zip(listed, asyncio.run(probe_all()), strict=True) if found is not None]
-    required = [f"{found}; {d.hint}" for d, found in failed if d.degraded is None]
+    deadline, tries = time.monotonic() + wait_s, 1
+    while True:
+        failed = [(d, found) for d, found in zip(listed, asyncio.run(probe_all()), strict=True) if found is not None]
+        required = [f"{found}; {d.hint}" for d, found in failed if d.degraded is None]
+        left = deadline - time.monotonic()
+        if not required or left <= 0:
+            break
+        if tries == 1:
+            sys.stderr.write(f"guardstream: waiting up to {wait_s:g} s: {'; '.join(required)}\n")
+        time.sleep(min(left, backoff_s(tries, STARTUP_RETRY_BASE_S, STARTUP_RETRY_MAX_S)))
+        tries += 1
     if required:
         raise Unreachable("; ".join(required))
     for d, found in failed:
@@ -287,5 +303,5 @@ def service_dependencies(kafka: KafkaSettings | None = None, cache: CacheSetting
 
 def start_service(make: Callable[[], Service], settings: Any, dependencies: Iterable[Dependency]) -> None:
     """Check the dependencies (exit 4 on the first try that fails), then build and run the service."""
-    check_dependencies(dependencies, settings.startup_timeout_s)
+    check_dependencies(dependencies, settings.startup_timeout_s, settings.startup_wait_s)
     run_service(make(), settings.observability)

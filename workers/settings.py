@@ -83,6 +83,11 @@ class KafkaSettings(Section):
     ssl_check_hostname: bool = True
     replication_factor: int | None = Field(None, ge=1, description="for `topics create`; None: min(3, brokers)")
     produce_backoff_max_s: float = Field(5.0, gt=0, description="cap of the backoff between produce retries")
+    revoke_drain_s: float = Field(2.0, ge=0, description="how long a member losing partitions in a rebalance "
+                                  "waits for their events in flight to be answered before it commits them and lets "
+                                  "them go (the group waits too): fewer answers repeated by the new owner")
+    broker_check_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the brokers for "
+                                           "metadata, so /readyz says when they stop answering")
 
 
 class LimitSettings(Section):
@@ -235,6 +240,9 @@ class ServiceSettings(BaseSettings):
     startup_timeout_s: float = Field(10.0, gt=0, description="how long each dependency (brokers, Redis, object "
                                      "storage, database) may take to answer the check at start; one that does "
                                      "not answer: the service names it in one line and exits 4")
+    startup_wait_s: float = Field(30.0, ge=0, description="how long a service waits at start for a required "
+                                  "dependency (brokers, database) that does not answer, trying again with backoff, "
+                                  "before it names it in one line and exits 4; 0: exit at the first failed check")
 
     @field_validator("data_dir")
     @classmethod

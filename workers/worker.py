@@ -38,8 +38,9 @@ from workers.batcher import MicroBatcher
 from workers.cache import NoCache, RedisCache, ResultCache
 from workers.commit import OffsetTracker
 from workers.decode import check_limits, decode_event
+from workers.dependency_state import OBJECT_STORAGE, watch_brokers
 from workers.emit import Publisher, cut, dead_letter, error_verdict, ok_verdict
-from workers.errors import GuardstreamError, InternalError
+from workers.errors import FetchUnavailable, GuardstreamError, InternalError
 from workers.fetch import FetchedImage, ImageFetcher
 from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest, GuardResult, concurrent_requests
 from workers.guard.registry import load_backend
@@ -58,11 +59,15 @@ POLL_BACKOFF_MAX_S = 30.0
 INLINE_DECODE_BYTES = 128 * 1024  # a poll this small is decoded on the loop (a few ms at worst); larger, on a thread
 
 
+REVOKE_CHECK_S = 0.01
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.finish(revoked)
         await self.worker.commit(revoked)
         self.worker.forget(revoked)
         log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
@@ -151,7 +156,11 @@ class Worker:
         if self._stalled_by_failures:
             found.append(f"{len(self._stalled_by_failures)} records left unanswered by failed tasks "
                          "(their partitions stop committing)")
-        return found
+        return found + self.metrics.dependencies.problems(optional=False)
+
+    def degraded(self) -> list[str]:
+        """What is failing that the worker answers without (the cache): listed by /readyz, still ready."""
+        return self.metrics.dependencies.problems(optional=True)
 
     def stop(self) -> None:
         """Ask the worker to stop polling, drain and commit (safe from a signal handler)."""
@@ -199,6 +208,9 @@ class Worker:
         self.consumer.subscribe([self.topics.events], listener=_CommitOnRevoke(self))
         self.batcher.start()
         self._closers.insert(0, self._close_batcher)
+        brokers = asyncio.create_task(watch_brokers(self.consumer.topics, self.metrics.dependencies,
+                                                    s.kafka.broker_check_interval_s), name="broker-watch")
+        self._closers.insert(0, lambda: _cancelled(brokers))
         self._closers.append(self._close_executors)
         if s.guard.follow_releases:
             watcher = ModelWatcher(s.kafka, self.topics.models, s.guard.model_name, self.switch_model,
@@ -208,7 +220,7 @@ class Worker:
         obs = s.observability
         if obs.health_enabled:
             self.health = HealthServer(obs.health_host, obs.health_port, self.metrics.registry, lambda: self.ready,
-                                       self.problems)
+                                       self.problems, degraded=self.degraded)
             await self.health.start()
         self._started = True
         log.info("worker_started", backend=self._backend.name, model=self.served.ref.version, cache=self._cache.description,
@@ -296,8 +308,7 @@ class Worker:
             await self.served.backend.close()
 
     async def _stop_watching(self) -> None:
-        self._watch.cancel()
-        await asyncio.gather(self._watch, return_exceptions=True)
+        await _cancelled(self._watch)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -419,7 +430,12 @@ class Worker:
     async def _fetch_images(self, event: ChatEvent, timings: dict[str, float]) -> list[FetchedImage]:
         started = time.monotonic()
         with self.metrics.stage_seconds.labels("fetch").time():
-            images = await asyncio.gather(*(self._fetcher.fetch(ref) for ref in event.images))
+            try:
+                images = await asyncio.gather(*(self._fetcher.fetch(ref) for ref in event.images))
+            except FetchUnavailable as exc:  # the store's fault (no answer, 5xx), not the event's
+                self.metrics.dependencies.failed(OBJECT_STORAGE, exc)
+                raise
+        self.metrics.dependencies.answered(OBJECT_STORAGE)
         timings["fetch_ms"] = _ms_since(started)
         return list(images)
 
@@ -593,6 +609,13 @@ class Worker:
         self.metrics.commits.inc()
         log.debug("committed", offsets={str(tp): off for tp, off in points.items()})
 
+    async def finish(self, revoked: set[TopicPartition]) -> None:
+        """Give the revoked partitions' events in flight up to `kafka.revoke_drain_s` to be answered, so that
+        the commit that follows covers them and their new owner does not answer them again."""
+        deadline = time.monotonic() + self.settings.kafka.revoke_drain_s
+        while self.tracker.unanswered_count(revoked) and time.monotonic() < deadline:
+            await asyncio.sleep(REVOKE_CHECK_S)
+
     def forget(self, revoked: set[TopicPartition]) -> None:
         """Revoked partitions are no longer ours to answer or commit (their late answers are ignored)."""
         self.tracker.forget(revoked)
@@ -671,6 +694,11 @@ def decode_all(values: list[bytes | None], limits: LimitSettings) -> list[ChatEv
         except Exception as exc:  # a bug in decoding must still answer this record, and only this one
             out.append(InternalError(f"decoding failed: {type(exc).__name__}: {exc}"))
     return out
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
