@@ -57,9 +57,7 @@ log = structlog.get_logger("guardstream.worker")
 
 POLL_BACKOFF_MAX_S = 30.0
 INLINE_DECODE_BYTES = 128 * 1024  # a poll this small is decoded on the loop (a few ms at worst); larger, on a thread
-
-
-REVOKE_CHECK_S = 0.01
+REVOKE_CHECK_S = 0.01  # how often a revoke's drain looks whether the revoked partitions are answered
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
