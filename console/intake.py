@@ -3,8 +3,9 @@ queued event at its coordinates (`verdict.source`), store, then commit.
 
 A verdict that does not decode, whose event cannot be read (gone by retention, or of another event), or that
 the database refuses, is counted and logged, and the consumer moves on: the console must not stop on one bad
-record. A broker or database that does not answer leaves the poll uncommitted; the consumer rewinds to it
-and reads it again after a backoff that grows while the outage lasts (/readyz says so meanwhile).
+record. A broker or database that does not answer (an error, or no reply from the store within
+`database_call_timeout_s`) leaves the poll uncommitted; the consumer rewinds to it and reads it again after a
+backoff that grows while the outage lasts (/readyz says so meanwhile).
 
 Reports read with their own reader (`EventReader` with a budget): a report naming coordinates that never
 resolve waits out its own reader's timeout, never the intake's.
@@ -31,7 +32,7 @@ from console.failing import FailureStreak
 from console.metrics import ConsoleMetrics
 from console.sampling import reasons_for
 from console.settings import ConsoleSettings
-from console.store import Incoming, ReviewStore, storable_model
+from console.store import Incoming, ReviewStore, StoreNotAnswering, answered_within, storable_model
 from schemas.events import ChatEvent, SourceRef, Verdict
 from topics.registry import TopicNames
 from trainer.resolve import NoCoordinates, RecordReader, RecordUnavailable, Resolver, Unresolvable
@@ -39,7 +40,8 @@ from workers.kafka_clients import client_options, stop_consumer
 
 log = structlog.get_logger("guardstream.console.intake")
 R = TypeVar("R")
-UNAVAILABLE = (KafkaError, OperationalError, InterfaceError, PoolTimeout)  # the broker's or the store's: retried
+UNAVAILABLE = (KafkaError, OperationalError, InterfaceError, PoolTimeout,  # the broker's or the store's: retried
+               StoreNotAnswering)
 
 
 @dataclass(frozen=True)
@@ -203,14 +205,14 @@ class VerdictIntake:
         return added
 
     async def _count_open_items(self) -> None:
-        count, oldest_s = await asyncio.to_thread(self.store.open_items, datetime.now(UTC))
+        count, oldest_s = await self._store(self.store.open_items, datetime.now(UTC))
         self.metrics.queue_open.set(count)
         self.metrics.queue_oldest_s.set(oldest_s)
 
     async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> tuple[int, Tally]:
         polled = decode(records, self.settings)
         tally = Tally(undecodable=polled.undecodable)
-        queued = await asyncio.to_thread(self.store.events_with_items, [i.verdict.event_id for i in polled.incoming])
+        queued = await self._store(self.store.events_with_items, [i.verdict.event_id for i in polled.incoming])
         events: dict[str, tuple[ChatEvent, SourceRef | None]] = {}
         for one in polled.incoming:
             event_id = one.verdict.event_id
@@ -220,14 +222,14 @@ class VerdictIntake:
                     events[event_id] = (event, one.verdict.source)
         now = datetime.now(UTC)
         try:
-            added = await asyncio.to_thread(self.store.add, polled.incoming, events, now)
+            added = await self._store(self.store.add, polled.incoming, events, now)
         except UNAVAILABLE:
             raise
         except DBAPIError:  # one record the database refuses: store the others one by one, skip that one
             added = 0
             for one in polled.incoming:
                 try:
-                    added += await asyncio.to_thread(self.store.add, [one], events, now)
+                    added += await self._store(self.store.add, [one], events, now)
                 except UNAVAILABLE:
                     raise
                 except DBAPIError as exc:
@@ -238,6 +240,9 @@ class VerdictIntake:
             if one.verdict.event_id in events:
                 tally.queued.update(str(reason) for reason in one.reasons)
         return added, tally
+
+    async def _store(self, call: Callable[..., R], *args: object) -> R:
+        return await answered_within(self.settings.database_call_timeout_s, call, *args)
 
     def _rewind(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         assert self.consumer is not None

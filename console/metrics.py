@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from workers.dependency_state import DependencyState
+
 
 @dataclass
 class ConsoleMetrics:
@@ -35,3 +37,6 @@ class ConsoleMetrics:
         self.queue_open = Gauge("guardstream_console_queue_open", "Open review items", registry=r)
         self.queue_oldest_s = Gauge("guardstream_console_queue_oldest_seconds", "Age of the oldest open item",
                                     registry=r)
+        self.dependencies = DependencyState(Gauge(
+            "guardstream_dependency_up", "0 while the console sees this dependency failing (the broker, asked "
+            "every kafka.broker_check_interval_s), 1 once it answers", ["dependency"], registry=r))

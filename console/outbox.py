@@ -2,12 +2,14 @@
 
 A label is due once its undo window has passed. The publisher claims due labels in the store, sends them,
 waits for the broker's acknowledgement, then marks them published; a failed send releases them for the next
-round. A publisher that dies between send and mark leaves a stale claim that the next one takes over, so a
-label may be published twice but is never lost (the trainer keeps the latest label of each event).
+round. A label sent whose mark fails (the store down at that moment) is marked at the start of the next round,
+before anything is claimed, and never sent again. A publisher that dies between send and mark leaves a stale
+claim that the next one takes over, so a label may be published twice but is never lost (the trainer keeps the
+latest label of each event).
 
-A round that fails, the broker's trouble or the review store's (down, or SQLite's write lock held by
-another process), is counted by error type and retried after a growing backoff for as long as it takes;
-/readyz says so meanwhile. Labels wait in the store: none is lost.
+A round that fails, the broker's trouble or the review store's (down, hung past `database_call_timeout_s`, or
+SQLite's write lock held by another process), is counted by error type and retried after a growing backoff for
+as long as it takes; /readyz says so meanwhile. Labels wait in the store: none is lost.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from console.failing import FailureStreak
 from console.metrics import ConsoleMetrics
 from console.settings import ConsoleSettings
-from console.store import DueLabel, ReviewStore
+from console.store import DueLabel, ReviewStore, StoreNotAnswering, answered_within
 from topics.registry import TopicNames
 from workers.kafka_clients import client_options
 
 log = structlog.get_logger("guardstream.console.outbox")
-UNAVAILABLE = (KafkaError, SQLAlchemyError)  # any trouble of the broker's or the store's: the round is retried
+UNAVAILABLE = (KafkaError, SQLAlchemyError, StoreNotAnswering)  # the broker's or the store's: the round is retried
 
 
 class LabelPublisher:
@@ -38,11 +40,13 @@ class LabelPublisher:
         self.store = store
         self.metrics = metrics
         self.interval_s = interval_s
+        self.store_timeout_s = settings.database_call_timeout_s
         self.kafka = settings.kafka
         self.topic = TopicNames(self.kafka.topic_prefix).audit_labels
         self.failures = FailureStreak("label publisher", "labels wait in the review store",
                                       metrics.label_publish_errors, settings.backoff_base_s, settings.backoff_max_s)
         self.producer: AIOKafkaProducer | None = None  # made in run(): aiokafka wants a running loop
+        self._unmarked: list[int] = []  # labels the broker acknowledged whose mark in the store failed
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -81,16 +85,23 @@ class LabelPublisher:
 
     async def publish_due(self) -> None:
         assert self.producer is not None, "run() publishes"
-        due = await asyncio.to_thread(self.store.claim_due_labels, datetime.now(UTC))
+        if self._unmarked:  # on the topic already: marked, never claimed and sent again
+            await self._mark_published()
+        due = await answered_within(self.store_timeout_s, self.store.claim_due_labels, datetime.now(UTC))
         if not due:
             return
         try:
             await self._send(due)
         except KafkaError:
-            await asyncio.to_thread(self.store.release, [d.id for d in due])  # for the next round
+            await answered_within(self.store_timeout_s, self.store.release, [d.id for d in due])  # next round's
             raise
-        await asyncio.to_thread(self.store.published, [d.id for d in due], datetime.now(UTC))
+        self._unmarked = [d.id for d in due]
         self.metrics.labels_published.inc(len(due))
+        await self._mark_published()
+
+    async def _mark_published(self) -> None:
+        await answered_within(self.store_timeout_s, self.store.published, self._unmarked, datetime.now(UTC))
+        self._unmarked = []
 
     async def _send(self, due: list[DueLabel]) -> None:
         """Send every label, then wait for the broker's acknowledgement of each."""

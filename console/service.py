@@ -19,6 +19,7 @@ from console.settings import ConsoleSettings
 from console.store import ReviewStore, make_engine
 from console.thumbnails import Thumbnails
 from console.web import Parts, create_app
+from workers.dependency_state import watch_brokers
 from workers.fetch import ImageFetcher
 from workers.health import HealthServer
 
@@ -67,9 +68,11 @@ class ConsoleService:
         return self.started.is_set() and self.intake.assigned.is_set() and not self.problems()
 
     def problems(self) -> list[str]:
-        """Why the console is not doing its work now (/readyz): a loop failing against the broker or the store."""
+        """Why the console is not doing its work now (/readyz): a loop failing against the broker or the store, or
+        the broker not answering (an idle consumer or a producer waiting on it raises nothing)."""
         streaks = (self.intake.failures.problem, self.publisher.failures.problem)
-        return [problem for problem in streaks if problem is not None]
+        found = [problem for problem in streaks if problem is not None]
+        return found + self.metrics.dependencies.problems(optional=False)
 
     def stop(self) -> None:
         self._stop.set()
@@ -84,6 +87,8 @@ class ConsoleService:
             await self.health.start()
         await self.events.start()
         await self.reports.start()
+        brokers = asyncio.create_task(watch_brokers(self.events.reader.ask_brokers, self.metrics.dependencies,
+                                                    self.settings.kafka.broker_check_interval_s), name="broker-watch")
         tasks = [asyncio.create_task(self.intake.run(), name="intake"),
                  asyncio.create_task(self.publisher.run(), name="publisher"),
                  asyncio.create_task(self.server.serve(), name="web")]
@@ -101,12 +106,14 @@ class ConsoleService:
             for task in done - {stopped}:
                 task.result()  # a part that ended on its own ends the console, with its error
         finally:
+            brokers.cancel()
             self.intake.stop()
             self.publisher.stop()
             self.server.should_exit = True
             for task in tasks:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, 30)
+            await asyncio.gather(brokers, return_exceptions=True)
             await self.events.stop()
             await self.reports.stop()
             await self.fetcher.close()

@@ -104,6 +104,10 @@ class ConsoleSettings(ServiceSettings):
                                     "report is answered 503 (try again)")
     database_timeout_s: float = Field(30.0, gt=0, description="how long a statement waits for the review store "
                                       "(SQLite's write lock, a pooled or new PostgreSQL connection) before it fails")
+    database_call_timeout_s: float = Field(60.0, gt=0, description="how long the verdict intake and the label "
+                                           "publisher wait for one call to the review store before they count it "
+                                           "as failed and retry: a server that hangs, or a network that swallows "
+                                           "packets, raises no error of its own")
     backoff_base_s: float = Field(0.5, gt=0, description="after a failure of the broker or the review store, the "
                                   "intake and the label publisher retry after this long, doubling per failure in a "
                                   "row up to backoff_max_s")

@@ -11,11 +11,12 @@ it reopens the item, and the reviewer's next label, the later one, supersedes it
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, update
@@ -38,6 +39,26 @@ from schemas.events import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StoreNotAnswering(TimeoutError):
+    """A call to the review store that did not return in time: a hung server, or a network that swallows what is
+    sent (no error ever comes). Counted and retried like any outage; its thread ends when its connection does."""
+
+
+async def answered_within(timeout_s: float, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`call(*args)` on a worker thread, waited for at most `timeout_s`; StoreNotAnswering past it."""
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            return await asyncio.to_thread(call, *args, **kwargs)
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise
+        name = getattr(call, "__name__", "a call")
+        raise StoreNotAnswering(f"the review store did not answer {name} within {timeout_s}s") from exc
 
 
 class LabelRefused(Exception):

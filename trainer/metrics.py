@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from workers.dependency_state import DependencyState
+
 
 @dataclass
 class TrainerMetrics:
@@ -34,3 +36,6 @@ class TrainerMetrics:
                                 "failed)", ["trainer_job", "outcome"], registry=r)
         self.last_run = Gauge("guardstream_trainer_last_run_timestamp_seconds",
                               "When the last job run finished (unix time)", ["trainer_job"], registry=r)
+        self.dependencies = DependencyState(Gauge(
+            "guardstream_dependency_up", "0 while the trainer sees this dependency failing (the broker, asked "
+            "every kafka.broker_check_interval_s), 1 once it answers", ["dependency"], registry=r))

@@ -108,8 +108,17 @@ class RecordReader:
                     return record.value or b""
                 if record.offset > ref.offset:
                     raise RecordMissing(f"{ref.topic}[{ref.partition}]@{ref.offset} is gone (next is {record.offset})")
-        await self._check_in_log(tp, ref)
+        try:  # bounded as well: a broker that does not answer would hold the label for the client's 40 s
+            await asyncio.wait_for(self._check_in_log(tp, ref), self.timeout_s)
+        except TimeoutError as exc:
+            raise RecordUnavailable(f"{_at(ref)}: the broker did not say within {self.timeout_s}s whether its "
+                                    "log holds it") from exc
         raise RecordUnavailable(f"{_at(ref)} is inside the log but was not delivered within {self.timeout_s}s")
+
+    async def ask_brokers(self) -> None:
+        """A metadata request on the reader's connections: a KafkaError when no broker answers."""
+        assert self._consumer is not None, "start() first"
+        await self._consumer.topics()
 
     def _seek(self, ref: SourceRef) -> TopicPartition:
         """Point the consumer at `ref`, refusing what it must not or cannot read before any request is sent."""

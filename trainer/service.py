@@ -35,6 +35,7 @@ from trainer.pipeline import RunRecord, run_job
 from trainer.resolve import RecordReader, Resolver
 from trainer.settings import TrainerSettings
 from workers.backoff import backoff_s
+from workers.dependency_state import watch_brokers
 from workers.health import HealthServer
 from workers.kafka_clients import client_options
 
@@ -86,6 +87,7 @@ class TrainerService:
         self._flush_lock = asyncio.Lock()
         self._job_lock = asyncio.Lock()
         self._job_task: asyncio.Task[None] | None = None
+        self._broker_watch: asyncio.Task[None] | None = None
         self._new_labels = 0  # stored since the last job run started
         self.examples_stored = 0  # by this process, repeats of an event included
         self._flush_failures = 0
@@ -114,6 +116,9 @@ class TrainerService:
                                        self.problems, self.status)
             await self.health.start()
         await self.reader.start()
+        self._broker_watch = asyncio.create_task(watch_brokers(
+            self.reader.ask_brokers, self.metrics.dependencies, self.settings.kafka.broker_check_interval_s),
+            name="broker-watch")
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust makes the last folder only
         await self.app.start()
         self._started = True
@@ -129,6 +134,9 @@ class TrainerService:
         await self.app.stop()
         if self._job_task is not None:
             await asyncio.shield(self._job_task)
+        if self._broker_watch is not None:
+            self._broker_watch.cancel()
+            await asyncio.gather(self._broker_watch, return_exceptions=True)
         await self.reader.stop()
         if self.health:
             await self.health.stop()
@@ -147,7 +155,7 @@ class TrainerService:
         if self._agent_crash:
             out.append(f"the label agent crashed {self._agent_crashes} times (last: {self._agent_crash}); faust "
                        "restarted it, and the label it held stays uncommitted until the trainer restarts")
-        return out
+        return out + self.metrics.dependencies.problems(optional=False)
 
     def status(self) -> dict[str, Any]:
         return {
