@@ -11,7 +11,7 @@ PROMTOOL := .tools/prometheus/usr/bin/promtool
 CHECKOV := .tools/checkov/bin/checkov
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test bench train-lite clean
+.PHONY: demo test bench soak train-lite clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test: $(STAMP) $(BROWSER) $(PROMTOOL) $(CHECKOV)
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.lite_speed
+
+# A bounded soak (100,000 records through one worker; the lite guard; the console's intake and the trainer's
+# label path) and the kill run at full scale: bench/results/soak.{json,md,png}
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 # Rebuild the lite guard's model (request, lexical and response heads) from package data and the project's own
 # written data, with its evaluation report (bench/results/lite-eval.*).

@@ -61,7 +61,7 @@ class KafkaSettings(Section):
     heartbeat_interval_ms: int = Field(2_000, ge=100)
     max_poll_records: int = Field(256, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
-    commit_interval_ms: int = Field(1_000, ge=10)
+    commit_interval_ms: int = Field(200, ge=10)
     fetch_max_wait_ms: int = Field(500, ge=0, description="how long a fetch waits at the broker for new records: "
                                    "Kafka answers as soon as any arrive, so this only spaces an idle client's "
                                    "fetches; the local broker answers only at this deadline (its profile: "
