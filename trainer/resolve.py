@@ -108,10 +108,14 @@ class RecordReader:
                     return record.value or b""
                 if record.offset > ref.offset:
                     raise RecordMissing(f"{ref.topic}[{ref.partition}]@{ref.offset} is gone (next is {record.offset})")
-        try:  # bounded as well: a broker that does not answer would hold the label for the client's 40 s
-            await asyncio.wait_for(self._check_in_log(tp, ref), self.timeout_s)
+        # Bounded too (a broker that does not answer would hold the label for the client's 40 s), but by the
+        # session timeout, not the read's: the offsets requests queue behind the consumer's fetches, and a read
+        # timeout shorter than that answer would make a record outside the log look unavailable for ever.
+        check_s = self.kafka.session_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(self._check_in_log(tp, ref), check_s)
         except TimeoutError as exc:
-            raise RecordUnavailable(f"{_at(ref)}: the broker did not say within {self.timeout_s}s whether its "
+            raise RecordUnavailable(f"{_at(ref)}: the broker did not say within {check_s}s whether its "
                                     "log holds it") from exc
         raise RecordUnavailable(f"{_at(ref)} is inside the log but was not delivered within {self.timeout_s}s")
 

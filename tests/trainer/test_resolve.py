@@ -31,6 +31,24 @@ async def test_a_record_is_read_at_its_offset_and_one_outside_the_log_is_missing
         await reader.stop()
 
 
+async def test_a_short_read_timeout_still_finds_a_record_outside_the_log_missing(
+    trainer_settings: TrainerSettings,
+) -> None:
+    """The read's timeout bounds waiting for the record, not the broker's answer to whether its log holds the
+    offset: with a read timeout shorter than that answer takes, a past-the-log record is still missing for good,
+    never "unavailable" and retried forever."""
+    topic = TopicNames(trainer_settings.kafka.topic_prefix).events
+    await produce_raw(trainer_settings.kafka, topic, [(b"k", b"value-0")])
+    reader = RecordReader(trainer_settings.kafka, timeout_s=0.01)
+    await reader.start()
+    try:
+        for partition in range(4):
+            with pytest.raises(RecordMissing, match="outside the log"):
+                await reader.read(SourceRef(topic=topic, partition=partition, offset=1_000_000))
+    finally:
+        await reader.stop()
+
+
 async def _has(reader: RecordReader, topic: str, partition: int) -> bool:
     try:
         return await reader.read(SourceRef(topic=topic, partition=partition, offset=0)) == b"value-0"
