@@ -40,7 +40,8 @@ $(CHECKOV): deploy/k8s/checkov-constraints.txt
 	.tools/checkov/bin/python -m pip install --quiet -c deploy/k8s/checkov-constraints.txt checkov==3.3.30
 
 test: $(STAMP) $(BROWSER) $(PROMTOOL) $(CHECKOV)
-	$(BIN)/ruff check workers schemas topics trainer console tests bench
+	$(BIN)/ruff check schemas topics runtime workers trainer console guardstream tests bench
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

@@ -3,7 +3,7 @@
 Backends: `transformers` (TransformersGuard) at a sweep of max_batch values, and `vllm` (VLLMGuard) where the
 vllm package is importable. Every request goes through the worker's own path without Kafka: all N are
 submitted at once to a MicroBatcher whose batches run GuardStage.run, which calls backend.moderate; this is
-how Worker._infer and Worker._run_batch wire them (minus the cache store, and with one served model).
+how the worker wires them (workers/moderation.py: Moderation.run_batch) (minus the cache store, and with one served model).
 
 The model: a Qwen2.5-VL checkpoint with random weights, built offline (`--build-size tiny` is the tests'
 tiny model; `3b` has the architecture of Qwen2.5-VL-3B-Instruct, with the tests' offline tokenizer widened to

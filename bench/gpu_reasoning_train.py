@@ -37,7 +37,7 @@ from bench.gpu_guard import (
 )
 from tests.tiny_qwen import CHAT_TEMPLATE, LESSONS, build_tiny_qwen, build_tokenizer
 from trainer.held_out import is_held_out
-from trainer.jobs import Candidate, TrainingData
+from trainer.job_interface import Candidate, TrainingData
 from trainer.labelled import LabelledEvent
 from trainer.reasoning_grpo import ReasoningGrpo
 from trainer.reasoning_settings import ReasoningSettings

@@ -52,14 +52,8 @@ from bench.soak_worker import IN_FLIGHT_PEAK, ZERO_COST
 from topics.admin import create_topics
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
-from workers.settings import (
-    LOCAL_BROKER_FETCH_MAX_WAIT_MS,
-    BatchSettings,
-    CacheSettings,
-    KafkaSettings,
-    LimitSettings,
-    WorkerSettings,
-)
+from topics.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS, KafkaSettings
+from workers.settings import BatchSettings, CacheSettings, LimitSettings, WorkerSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOGS = Path(__file__).resolve().parent / "out"

@@ -26,7 +26,7 @@ from bench.soak_stream import Answer, WorkerProcess
 from console.passwords import hash_token
 from schemas.events import AuditLabel, SourceRef
 from topics.registry import TopicNames
-from workers.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS
+from topics.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS
 
 MB = 1024 * 1024
 
@@ -64,7 +64,7 @@ async def soak_console(bootstrap_servers: str, prefix: str, verdicts: int, work:
            "GUARDSTREAM_ACCESS__REVIEWERS": f'{{"soak": "{hash_token("soak-token-not-secret")}"}}'}
     run = ServiceRun("console", verdicts, rss_bound_mb=rss_bound_mb)
     seen = "guardstream_console_verdicts_total"
-    await _drive(WorkerProcess(env, log, module="workers", args=("console",)), run, seen, progress)
+    await _drive(WorkerProcess(env, log, module="guardstream", args=("console",)), run, seen, progress)
     bad = {k: v for k, v in run.counters.items()
            if k.startswith(("guardstream_console_verdicts_undecodable", "guardstream_console_verdicts_refused",
                             "guardstream_console_events_unreadable")) and k.endswith("_total") and v}
@@ -83,7 +83,7 @@ async def soak_trainer(bootstrap_servers: str, prefix: str, answers: list[Answer
     publishing = asyncio.create_task(publish_paced(bootstrap_servers, TopicNames(prefix).audit_labels, labels,
                                                    labels_per_s))
     try:
-        await _drive(WorkerProcess(env, log, module="workers", args=("trainer",)), run,
+        await _drive(WorkerProcess(env, log, module="guardstream", args=("trainer",)), run,
                      "guardstream_trainer_examples_written_total", progress, before=lambda: publishing.done())
         await publishing
     finally:

@@ -35,8 +35,9 @@ from pydantic import SecretStr
 from schemas.events import ChatEvent
 from topics.local_broker import NotListening, free_loopback_port, wait_until_listening
 from topics.registry import TopicNames
+from topics.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS
 from workers.demo_data import SAMPLES
-from workers.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS, WorkerSettings
+from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 Place = tuple[int, int]  # (partition, offset) on the events topic

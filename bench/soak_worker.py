@@ -25,10 +25,11 @@ from typing import Any  # noqa: E402
 
 from prometheus_client import Gauge  # noqa: E402
 
+from runtime.service import load_settings, start_service  # noqa: E402
+from workers.dependencies import service_dependencies  # noqa: E402
 from workers.guard.base import GuardOutcome, GuardRequest, GuardResult  # noqa: E402
 from workers.guard.registry import load_backend  # noqa: E402
 from workers.metrics import WorkerMetrics  # noqa: E402
-from workers.runtime import load_settings, service_dependencies, start_service  # noqa: E402
 from workers.settings import WorkerSettings  # noqa: E402
 from workers.worker import Worker  # noqa: E402
 

@@ -45,25 +45,19 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from bench.simulated import SimulatedAccelerator, Span
+from runtime.logs import configure_logging
+from runtime.settings import ObservabilitySettings
 from schemas.events import ChatEvent, Verdict
 from topics.admin import create_topics
 from topics.io import produce_events
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
+from topics.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS, KafkaSettings
 from workers.cache import NoCache, RedisCache, ResultCache
 from workers.demo_data import SAMPLES
 from workers.guard.base import GuardBackend
-from workers.logs import configure_logging
 from workers.metrics import WorkerMetrics
-from workers.settings import (
-    LOCAL_BROKER_FETCH_MAX_WAIT_MS,
-    BatchSettings,
-    CacheSettings,
-    GuardSettings,
-    KafkaSettings,
-    ObservabilitySettings,
-    WorkerSettings,
-)
+from workers.settings import BatchSettings, CacheSettings, GuardSettings, WorkerSettings
 from workers.worker import Worker
 
 OUT = Path(__file__).resolve().parent / "out"

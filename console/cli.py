@@ -10,7 +10,7 @@ import typer
 
 if TYPE_CHECKING:
     from console.settings import ConsoleSettings
-    from workers.runtime import Dependency
+    from runtime.dependencies import Dependency
 
 NO_REVIEWERS = "no reviewers: set GUARDSTREAM_ACCESS__REVIEWERS"
 
@@ -30,7 +30,8 @@ def console(
     if ctx.invoked_subcommand is not None:
         return
     from console.settings import ConsoleSettings
-    from workers.runtime import check_config_only, load_settings, service_dependencies, start_service
+    from runtime.service import check_config_only, load_settings, start_service
+    from workers.dependencies import service_dependencies
 
     if check_config:
         check_config_only("console", ConsoleSettings, _no_reviewers)
@@ -54,7 +55,7 @@ def _store_dependency(settings: ConsoleSettings) -> Dependency | None:
     from sqlalchemy.engine import make_url
 
     from console.store import make_engine
-    from workers.runtime import Dependency
+    from runtime.dependencies import Dependency
 
     url = settings.database_url.get_secret_value()
     if url.startswith("sqlite"):

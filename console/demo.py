@@ -16,10 +16,12 @@ from rich.console import Console
 from console.passwords import hash_token, new_token
 from console.service import ConsoleService
 from console.settings import AccessSettings, ConsoleSettings, ReviewSettings, SamplingSettings
+from runtime.settings import ObservabilitySettings
 from schemas.events import AuditLabel
 from topics.io import tail_topic
 from topics.registry import TopicNames
-from workers.settings import FetchSettings, KafkaSettings, ObservabilitySettings
+from topics.settings import KafkaSettings
+from workers.settings import FetchSettings
 
 DEMO_REVIEWER = "demo"
 DEMO_RANDOM_RATE = 0.25  # more than production's default, so the quality page has something to show

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from workers.backoff import backoff_s
+from runtime.backoff import backoff_s
 
 
 class FailureStreak:

@@ -34,9 +34,9 @@ from console.sampling import reasons_for
 from console.settings import ConsoleSettings
 from console.store import Incoming, ReviewStore, StoreNotAnswering, answered_within, storable_model
 from schemas.events import ChatEvent, SourceRef, Verdict
+from topics.clients import client_options, stop_consumer
+from topics.records import EventVerdictReader, NoCoordinates, RecordReader, RecordUnavailable, Unresolvable
 from topics.registry import TopicNames
-from trainer.resolve import NoCoordinates, RecordReader, RecordUnavailable, Resolver, Unresolvable
-from workers.kafka_clients import client_options, stop_consumer
 
 log = structlog.get_logger("guardstream.console.intake")
 R = TypeVar("R")
@@ -97,7 +97,7 @@ class EventReader:
 
     def __init__(self, settings: ConsoleSettings, metrics: ConsoleMetrics, budget_s: float | None = None) -> None:
         self.reader = RecordReader(settings.kafka, settings.resolve_timeout_s)
-        self.resolver = Resolver(self.reader, settings.limits)
+        self.events = EventVerdictReader(self.reader, settings.limits.max_record_bytes)
         self.metrics = metrics
         self.budget_s = budget_s
         self._lock = asyncio.Lock()
@@ -115,13 +115,13 @@ class EventReader:
         if at is None:
             return self._unreadable(event_id, NoCoordinates("the verdict names no event coordinates"), unreadable)
         try:
-            return storable_model(await self._read(self.resolver.read_event, at, event_id))
+            return storable_model(await self._read(self.events.read_event, at, event_id))
         except Unresolvable as exc:
             return self._unreadable(event_id, exc, unreadable)
 
     async def verdict(self, event_id: str, at: SourceRef) -> Verdict | None:
         try:
-            return storable_model(await self._read(self.resolver.read_verdict, at, event_id))
+            return storable_model(await self._read(self.events.read_verdict, at, event_id))
         except Unresolvable as exc:
             return self._unreadable(event_id, exc)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from workers.dependency_state import DependencyState
+from runtime.dependency_state import DependencyState
 
 
 @dataclass

@@ -27,8 +27,8 @@ from console.failing import FailureStreak
 from console.metrics import ConsoleMetrics
 from console.settings import ConsoleSettings
 from console.store import DueLabel, ReviewStore, StoreNotAnswering, answered_within
+from topics.clients import client_options
 from topics.registry import TopicNames
-from workers.kafka_clients import client_options
 
 log = structlog.get_logger("guardstream.console.outbox")
 UNAVAILABLE = (KafkaError, SQLAlchemyError, StoreNotAnswering)  # the broker's or the store's: the round is retried

@@ -19,9 +19,9 @@ from console.settings import ConsoleSettings
 from console.store import ReviewStore, make_engine
 from console.thumbnails import Thumbnails
 from console.web import Parts, create_app
-from workers.dependency_state import watch_brokers
+from runtime.dependency_state import watch_brokers
+from runtime.health import HealthServer
 from workers.fetch import ImageFetcher
-from workers.health import HealthServer
 
 log = structlog.get_logger("guardstream.console")
 

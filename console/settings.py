@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from workers.settings import (
-    FetchSettings,
-    KafkaSettings,
-    LimitSettings,
-    ObservabilitySettings,
-    Section,
-    ServiceSettings,
-)
+from runtime.settings import ObservabilitySettings, Section, ServiceSettings
+from topics.settings import KafkaSettings
+from workers.settings import FetchSettings, LimitSettings
 
 Hashes = dict[str, str]
 

@@ -23,6 +23,7 @@ import redis
 from aiokafka import ConsumerRecord
 from moto.server import ThreadedMotoServer
 
+from runtime.settings import ObservabilitySettings
 from schemas.events import DeadLetter, Verdict
 from tests.fault_proxy import FaultProxy
 from tests.kafka_io import committed_offsets, partition_ends, read_topic, read_until
@@ -30,17 +31,9 @@ from tests.waiting import wait_until
 from topics.admin import create_topics
 from topics.local_broker import LocalBroker, NotListening, free_loopback_port, wait_until_listening
 from topics.registry import TopicNames, topic_specs
+from topics.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS, KafkaSettings
 from workers.guard.lite import LiteGuard
-from workers.settings import (
-    LOCAL_BROKER_FETCH_MAX_WAIT_MS,
-    BatchSettings,
-    CacheSettings,
-    FetchSettings,
-    GuardSettings,
-    KafkaSettings,
-    ObservabilitySettings,
-    WorkerSettings,
-)
+from workers.settings import BatchSettings, CacheSettings, FetchSettings, GuardSettings, WorkerSettings
 from workers.worker import Worker
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from console.passwords import hash_token
+from runtime.cli_errors import Exit
 from tests.test_startup import SECRET, guardstream, hermetic_env
-from workers.cli_errors import Exit
-from workers.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS
+from topics.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS
 
 SERVICES = ["worker", "trainer", "console"]
 

@@ -1,5 +1,5 @@
 """Commands that cannot reach their broker, or are called wrongly, end in one line on stderr with the
-documented exit code (workers/cli_errors.py); `--debug` shows the traceback instead."""
+documented exit code (runtime/cli_errors.py); `--debug` shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.cli_errors import Exit
 from topics.local_broker import free_loopback_port
-from workers.cli_errors import Exit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GUARDSTREAM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_loopback_port()}",
            "GUARDSTREAM_DATA_DIR": str(tmp_path), "GUARDSTREAM_CACHE__ENABLED": "false",
            "GUARDSTREAM_STARTUP_WAIT_S": "0"}
-    return subprocess.run([sys.executable, "-m", "workers", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "guardstream", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=180)
 
 

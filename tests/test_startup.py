@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from console.passwords import hash_token
+from runtime.cli_errors import Exit
 from topics.local_broker import LocalBroker, free_loopback_port
-from workers.cli_errors import Exit
 
 GUARDSTREAM = Path(sys.executable).with_name("guardstream")
 SECRET = "pw-never-shown-7f3a"

@@ -8,9 +8,9 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from topics.clients import as_kafka_settings, client_options
 from topics.registry import TopicSpec
-from workers.kafka_clients import as_kafka_settings, client_options
-from workers.settings import KafkaSettings
+from topics.settings import KafkaSettings
 
 
 class TopicsRefused(RuntimeError):

@@ -1,56 +1,22 @@
-"""Produce records from a file and tail a topic: for people wiring guardstream into a pipeline.
-
-A produce file is read a line at a time (`workers/input_lines.py`): `event_lines` keeps the good lines and
-names each bad one (line, field, problem), so `produce` can publish the good ones; `read_events` is the
-strict reading, the first bad line an error. Tailing a topic that does not exist is an error, not a wait.
-"""
+"""Produce records to a topic and tail one: for people wiring guardstream into a pipeline, the demos and the
+tests. Tailing a topic that does not exist is an error (`TopicMissing`, exit 3), not a wait."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from pydantic import ValidationError
 
 from schemas.events import ChatEvent
-from workers.cli_errors import CommandFailed, Exit
-from workers.input_lines import BadInputLine, BadLine, bad_line, numbered_lines
-from workers.kafka_clients import as_kafka_settings, client_options, stop_consumer
-from workers.settings import KafkaSettings
+from topics.clients import as_kafka_settings, client_options, stop_consumer
+from topics.settings import KafkaSettings
 
 
-class InvalidInputLine(BadInputLine, ValueError):
-    """A line of the produce file is not a valid ChatEvent; the message names file:line and the field."""
-
-
-class TopicMissing(CommandFailed):
+class TopicMissing(LookupError):
     """The topic asked for is not in the cluster."""
 
-    exit_code = Exit.INPUT
-
-
-def event_lines(path: Path) -> tuple[list[ChatEvent], list[BadLine]]:
-    """The file's good lines as ChatEvents, and its bad ones, each in order."""
-    events, bad = [], []
-    for number, text in numbered_lines(path):
-        if isinstance(text, BadLine):
-            bad.append(text)
-            continue
-        try:
-            events.append(ChatEvent.model_validate_json(text))
-        except ValidationError as exc:
-            bad.append(bad_line(path, number, exc, text))
-    return events, bad
-
-
-def read_events(path: Path) -> list[ChatEvent]:
-    """JSON Lines of ChatEvents, every line validated before anything is sent: the first bad one raises."""
-    events, bad = event_lines(path)
-    if bad:
-        raise InvalidInputLine(bad[0])
-    return events
+    exit_code = 3  # a command ends with runtime.cli_errors.Exit.INPUT
 
 
 async def produce_events(kafka: KafkaSettings | str, topic: str, events: list[ChatEvent]) -> int:

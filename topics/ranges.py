@@ -41,8 +41,6 @@ from pathlib import Path
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from workers.cli_errors import Exit
-
 log = structlog.get_logger("guardstream.replay")
 
 Bounds = dict[int, tuple[int, int]]
@@ -52,19 +50,19 @@ SPEC_PART = re.compile(r"^(\d+):(\d*)-(\d*)$")
 class BadReplayRange(ValueError):
     """A range that cannot be read: an unknown topic or partition, a position file for another range."""
 
-    exit_code = Exit.INPUT
+    exit_code = 3  # how a command ends: runtime.cli_errors.Exit.INPUT
 
 
 class BadRangeSpec(BadReplayRange):
     """A range written wrongly: a malformed `--offsets` spec, or offsets and time bounds together or neither."""
 
-    exit_code = Exit.USAGE
+    exit_code = 2  # Exit.USAGE
 
 
 class ReplayInterrupted(Exception):
     """The run was cancelled (Ctrl-C); the position of what was handled is saved at `path`."""
 
-    exit_code = Exit.INTERRUPTED
+    exit_code = 130  # Exit.INTERRUPTED
 
     def __init__(self, path: Path | None, read: int) -> None:
         super().__init__(f"interrupted after {read} records; position saved in {path}" if path else

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.input_lines import BadLine, PartialInput
 from schemas.events import Verdict
 from trainer.eval_report import write_report
 from trainer.evaluate import judge, score
 from trainer.labelled import BadLabelledFile, ReferenceLine, reference_lines
 from workers.guard.registry import load_backend
-from workers.input_lines import BadLine, PartialInput
 from workers.offline import OfflineModerator
 from workers.settings import FetchSettings, GuardSettings
 

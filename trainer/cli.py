@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from runtime.cli_errors import CommandFailed, Exit
+from runtime.input_lines import BadLine, PartialInput
+from runtime.logs import configure_logging
+from runtime.service import check_config_only, load_settings, start_service
 from trainer.labelled import LABEL_WORDS
-from workers.cli_errors import CommandFailed, Exit
-from workers.input_lines import BadLine, PartialInput
-from workers.logs import configure_logging
-from workers.runtime import check_config_only, load_settings, service_dependencies, start_service
+from workers.dependencies import service_dependencies
 
 if TYPE_CHECKING:
     from trainer.evaluate import Evaluation

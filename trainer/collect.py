@@ -19,14 +19,15 @@ import asyncio
 import structlog
 from aiokafka.errors import KafkaError
 
+from runtime.backoff import backoff_s
 from schemas.events import SourceRef
 from topics.admin import count_brokers
+from topics.records import Unresolvable
+from topics.settings import KafkaSettings
 from trainer.dataset import AuditExample
 from trainer.metrics import TrainerMetrics
-from trainer.resolve import Resolver, Unresolvable
+from trainer.resolve import Resolver
 from trainer.settings import LabelSettings
-from workers.backoff import backoff_s
-from workers.settings import KafkaSettings
 
 log = structlog.get_logger("guardstream.trainer")
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtime.input_lines import BadLine
 from trainer.evaluate import Evaluation, Figures, Mistake, Sweep
 from trainer.labelled import Modality, Task
-from workers.input_lines import BadLine
 
 MISTAKES_SHOWN = 50
 THIS = "this"

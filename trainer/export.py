@@ -14,8 +14,9 @@ import structlog
 from aiokafka import ConsumerRecord
 
 from schemas.events import SourceRef
+from topics.records import Unresolvable
 from trainer.dataset import DataSet
-from trainer.resolve import Resolver, Unresolvable
+from trainer.resolve import Resolver
 
 log = structlog.get_logger("guardstream.replay")
 

@@ -22,14 +22,14 @@ import typer
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
+from runtime.cli_errors import CommandFailed, Exit, validation_message
+from runtime.logs import configure_logging
 from schemas.events import AuditLabel, ChatEvent, SourceRef, Verdict
+from topics.clients import client_options, stop_consumer
 from topics.io import produce_raw
 from topics.registry import TopicNames
+from topics.settings import KafkaSettings
 from trainer.settings import TrainerSettings
-from workers.cli_errors import CommandFailed, Exit, validation_message
-from workers.kafka_clients import client_options, stop_consumer
-from workers.logs import configure_logging
-from workers.settings import KafkaSettings
 
 QUIET_S = 1.0  # a poll this long with nothing new, at or past the broker's end offsets: the end
 MAX_QUIET_S = 5.0  # …or this long, whatever the end offsets say (the local broker's can be too high)

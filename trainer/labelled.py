@@ -22,8 +22,8 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from runtime.input_lines import BadInputLine, BadLine, bad_line, numbered_lines
 from schemas.events import ChatEvent, ImageRef
-from workers.input_lines import BadInputLine, BadLine, bad_line, numbered_lines
 
 
 class Task(StrEnum):

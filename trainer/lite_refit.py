@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from trainer.jobs import Candidate, TrainingData
+from trainer.job_interface import Candidate, TrainingData
 from trainer.labelled import LabelledEvent, Task
 from trainer.lite_build import train_model, training_data
 from trainer.lite_data import LICENCES

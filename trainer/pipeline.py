@@ -32,21 +32,22 @@ import obstore
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from runtime.cli_errors import Exit
 from schemas.events import ModelRelease, Verdict
+from topics.clients import client_options
 from topics.registry import TopicNames
 from trainer.dataset import DataSet, dumps, open_store
 from trainer.eval_report import write_report
 from trainer.evaluate import Evaluation, evaluate
 from trainer.gate import Composition, GateDecision, RandomPart, decide
 from trainer.held_out import split
-from trainer.jobs import Candidate, TrainingData, make_job
+from trainer.job_interface import Candidate, TrainingData
+from trainer.jobs import make_job
 from trainer.labelled import LabelledEvent
 from trainer.regression import regression_set
 from trainer.settings import TrainerSettings
 from workers.artefacts import materialise
-from workers.cli_errors import Exit
 from workers.guard.registry import load_backend
-from workers.kafka_clients import client_options
 from workers.model_watch import current_release
 from workers.offline import OfflineModerator
 from workers.served_model import release_settings

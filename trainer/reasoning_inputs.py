@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from runtime.cli_errors import Exit
 from schemas.events import ChatEvent
 from trainer.reasoning_data import ReasoningPrompt, RlItem, SftExample
 from trainer.reasoning_settings import ReasoningSettings
-from workers.cli_errors import Exit
 from workers.fetch import ImageFetcher
 from workers.guard.qwen_processor import load_processor
 from workers.settings import FetchSettings, GuardSettings

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runtime.cli_errors import Exit
 from trainer.job_figures import FiguresCallback
-from trainer.jobs import Candidate, TrainingData
+from trainer.job_interface import Candidate, TrainingData
 from trainer.labelled import LabelledEvent
 from trainer.reasoning_data import SamplingSettings
 from trainer.reasoning_inputs import (
@@ -35,7 +36,6 @@ from trainer.reasoning_inputs import (
 )
 from trainer.reasoning_settings import ReasoningSettings
 from trainer.settings import TrainerSettings
-from workers.cli_errors import Exit
 
 
 class NothingToTrain(ValueError):

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from workers.settings import Section
+from runtime.settings import Section
 
 QWEN_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

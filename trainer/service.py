@@ -26,18 +26,19 @@ from typing import Any
 
 import structlog
 
+from runtime.backoff import backoff_s
+from runtime.dependency_state import watch_brokers
+from runtime.health import HealthServer
 from schemas.events import SourceRef
+from topics.clients import client_options
+from topics.records import RecordReader
 from topics.registry import TopicNames
 from trainer.collect import LabelCollector
 from trainer.dataset import AuditExample, DataSet
 from trainer.metrics import TrainerMetrics
 from trainer.pipeline import RunRecord, run_job
-from trainer.resolve import RecordReader, Resolver
+from trainer.resolve import Resolver
 from trainer.settings import TrainerSettings
-from workers.backoff import backoff_s
-from workers.dependency_state import watch_brokers
-from workers.health import HealthServer
-from workers.kafka_clients import client_options
 
 log = structlog.get_logger("guardstream.trainer")
 

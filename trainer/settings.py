@@ -12,17 +12,10 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from runtime.settings import ObservabilitySettings, Section, ServiceSettings, default_data_dir
+from topics.settings import KafkaSettings
 from trainer.reasoning_settings import ReasoningSettings
-from workers.settings import (
-    FetchSettings,
-    GuardSettings,
-    KafkaSettings,
-    LimitSettings,
-    ObservabilitySettings,
-    Section,
-    ServiceSettings,
-    default_data_dir,
-)
+from workers.settings import FetchSettings, GuardSettings, LimitSettings
 
 DATASET_FOLDER = "audit"
 RELEASES_FOLDER = "releases"

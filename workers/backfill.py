@@ -28,19 +28,20 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
+from runtime.cli_errors import Refused
 from schemas.events import ChatEvent, ModelRef, Verdict
 from topics.admin import count_brokers, create_topics
+from topics.clients import client_options, stop_consumer
 from topics.ranges import BadReplayRange, RangeSpec, RateLimit, ReplaySummary, open_position, replay_range
 from topics.registry import WEEK_MS, TopicNames, TopicSpec, choose_replication, durability_configs, topic_specs
-from workers.cli_errors import Refused
+from topics.settings import KafkaSettings
+from workers.answering import answer_key, record_source
 from workers.decode import check_limits, decode_event
 from workers.emit import error_verdict
 from workers.errors import GuardstreamError
 from workers.guard.base import GuardBackend
-from workers.kafka_clients import client_options, stop_consumer
 from workers.offline import OfflineModerator
-from workers.settings import GuardSettings, KafkaSettings, WorkerSettings, point_policy
-from workers.worker import answer_key, record_source
+from workers.settings import GuardSettings, WorkerSettings, point_policy
 
 log = structlog.get_logger("guardstream.replay")
 

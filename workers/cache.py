@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from workers.dependency_state import REDIS
+from runtime.dependency_state import REDIS
 from workers.guard.base import GuardResult
 from workers.metrics import WorkerMetrics
 from workers.settings import CacheSettings

@@ -32,13 +32,14 @@ from aiokafka.errors import (
 )
 from pydantic import BaseModel
 
+from runtime.backoff import backoff_s
 from schemas.events import ChatEvent, DeadLetter, ModelRef, SourceRef, StageVerdict, Verdict, VerdictStatus
 from topics.registry import TopicNames
-from workers.backoff import backoff_s
+from topics.settings import KafkaSettings
 from workers.errors import GuardstreamError
 from workers.guard.base import GuardResult
 from workers.metrics import WorkerMetrics
-from workers.settings import KafkaSettings, LimitSettings, OperatingPoint
+from workers.settings import LimitSettings, OperatingPoint
 
 log = structlog.get_logger("guardstream.emit")
 

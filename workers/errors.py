@@ -27,6 +27,7 @@ consumers and through them, often, back to the user who sent the event.
 
 from __future__ import annotations
 
+from runtime.cli_errors import Exit
 from schemas.events import ErrorInfo
 
 
@@ -38,6 +39,10 @@ class GuardstreamError(Exception):
     def info(self) -> ErrorInfo:
         """What an error verdict says: the code and the fixed summary, never the detail."""
         return ErrorInfo(code=self.code, message=self.summary, retriable=self.retriable)
+
+    def command_failure(self) -> tuple[Exit, str]:
+        """How a command that ended with this error exits, and its line (runtime/cli_errors.py)."""
+        return Exit.INPUT, f"{self.code}: {self}"
 
 
 class InputError(GuardstreamError):
@@ -116,6 +121,9 @@ class BackendUnavailable(BackendError):
     code = "backend_unavailable"
     summary = "the guard model is not available"
     retriable = False
+
+    def command_failure(self) -> tuple[Exit, str]:
+        return Exit.UNREACHABLE, f"the guard backend cannot be loaded: {self}"
 
 
 class OutputUnparseable(GuardstreamError):

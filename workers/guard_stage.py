@@ -18,8 +18,8 @@ import asyncio
 
 import structlog
 
-from workers.backoff import backoff_s
-from workers.dependency_state import GUARD_BACKEND
+from runtime.backoff import backoff_s
+from runtime.dependency_state import GUARD_BACKEND
 from workers.errors import BackendError, BackendTimeout
 from workers.guard.base import GuardBackend, GuardOutcome, GuardRequest
 from workers.metrics import WorkerMetrics

@@ -23,10 +23,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from runtime.backoff import backoff_s
 from schemas.events import ModelRelease
-from workers.backoff import backoff_s
-from workers.kafka_clients import as_kafka_settings, client_options, stop_consumer
-from workers.settings import KafkaSettings
+from topics.clients import as_kafka_settings, client_options, stop_consumer
+from topics.settings import KafkaSettings
 
 log = structlog.get_logger("guardstream.models")
 

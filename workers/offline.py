@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import structlog
 from prometheus_client import CollectorRegistry
 
+from runtime.cli_errors import one_line
 from schemas.events import ChatEvent, ErrorInfo, ModelRef, Verdict
-from workers.cli_errors import one_line
 from workers.content_key import content_key
 from workers.emit import cut, error_verdict, ok_verdict
 from workers.errors import GuardstreamError, ImageNotAllowed, InputError, InternalError

@@ -1,93 +1,17 @@
-"""The worker's settings, and the base every service's settings share (GUARDSTREAM_* variables, nested with
-`__`, or a TOML file), the data directory among them."""
+"""The worker's settings: its sections (limits, fetch, cache, batch, guard) on the shared base
+(`runtime/settings.py`), with the `kafka` section of `topics/settings.py`."""
 
 from __future__ import annotations
 
-import os
 import tempfile
-import tomllib
-from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import Field, SecretStr
 
-CONFIG_FILE_ENV = "GUARDSTREAM_CONFIG_FILE"
-ENV_PREFIX = "GUARDSTREAM_"
-APP_NAME = "guardstream"
-# The local broker (`guardstream broker`, the demo's, the tests') answers a fetch only at its deadline, where
-# Kafka answers as soon as records arrive: against it a short wait keeps the demo and the local walk fast.
-LOCAL_BROKER_FETCH_MAX_WAIT_MS = 10
-
-
-class ConfigFileError(ValueError):
-    """GUARDSTREAM_CONFIG_FILE names a file that cannot be read as TOML (exit 3: a setting is invalid)."""
-
-    exit_code = 3
-
-
-def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where guardstream keeps what it writes unless told otherwise: `$XDG_DATA_HOME/guardstream`, else
-    `~/.local/share/guardstream`, else (no home folder) the temporary folder's `guardstream`. Never the
-    working directory."""
-    env = os.environ if environ is None else environ
-    if env.get("XDG_DATA_HOME"):
-        return Path(env["XDG_DATA_HOME"]) / APP_NAME
-    try:
-        return Path.home() / ".local" / "share" / APP_NAME
-    except RuntimeError:  # no HOME and no passwd entry
-        return Path(tempfile.gettempdir()) / APP_NAME
-
-
-class Section(BaseModel):
-    """A group of settings; a misspelt key is an error, not a silently ignored value."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class KafkaSettings(Section):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = ""
-    group_id: str = "guardstream-workers"
-    client_id: str = "guardstream-worker"
-    session_timeout_ms: int = Field(10_000, ge=1_000)
-    heartbeat_interval_ms: int = Field(2_000, ge=100)
-    max_poll_records: int = Field(256, ge=1)
-    poll_timeout_ms: int = Field(200, ge=1)
-    commit_interval_ms: int = Field(200, ge=10)
-    fetch_max_wait_ms: int = Field(500, ge=0, description="how long a fetch waits at the broker for new records: "
-                                   "Kafka answers as soon as any arrive, so this only spaces an idle client's "
-                                   "fetches; the local broker answers only at this deadline (its profile: "
-                                   "LOCAL_BROKER_FETCH_MAX_WAIT_MS)")
-    linger_ms: int = Field(0, ge=0, description="how long an answer waits for others to share its produce request; "
-                           "under load they share it anyway, while the previous request is in flight")
-    produce_batch_bytes: int = Field(262_144, ge=1_024, description="answers per partition in one produce request")
-    auto_offset_reset: Literal["earliest", "latest"] = Field(
-        "earliest", description="where a group with no committed offset starts: earliest answers every retained "
-        "event (a first deployment works through the whole retention), latest skips what came before")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates")
-    ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
-    ssl_keyfile: Path | None = None
-    ssl_keyfile_password: SecretStr | None = None
-    ssl_check_hostname: bool = True
-    replication_factor: int | None = Field(None, ge=1, description="for `topics create`; None: min(3, brokers)")
-    produce_backoff_max_s: float = Field(5.0, gt=0, description="cap of the backoff between produce retries")
-    revoke_drain_s: float = Field(2.0, ge=0, description="how long a member losing partitions in a rebalance "
-                                  "waits for their events in flight to be answered before it commits them and lets "
-                                  "them go (the group waits too): fewer answers repeated by the new owner")
-    broker_check_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the brokers for "
-                                           "metadata, so /readyz says when they stop answering")
+from runtime.settings import ObservabilitySettings, Section, ServiceSettings
+from topics.settings import KafkaSettings
 
 
 class LimitSettings(Section):
@@ -218,62 +142,6 @@ class GuardSettings(Section):
     def operating_point_for(self, tenant: str) -> OperatingPoint:
         """The operating point `tenant`'s events are judged at."""
         return self.tenant_operating_points.get(tenant, self.operating_point)
-
-
-class ObservabilitySettings(Section):
-    log_format: Literal["console", "json"] = "console"
-    log_level: str = "info"
-    health_enabled: bool = True
-    health_host: str = "127.0.0.1"
-    health_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
-
-
-class ServiceSettings(BaseSettings):
-    """What every service's settings share: GUARDSTREAM_* variables (nested with `__`), then the TOML file
-    named by GUARDSTREAM_CONFIG_FILE."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
-
-    data_dir: Path = Field(default_factory=default_data_dir, description="the folder every default location a "
-                           "service writes to lies under (data set, releases, reports, scratch); "
-                           "default: $XDG_DATA_HOME/guardstream, else ~/.local/share/guardstream")
-    startup_timeout_s: float = Field(10.0, gt=0, description="how long each dependency (brokers, Redis, object "
-                                     "storage, database) may take to answer the check at start; one that does "
-                                     "not answer: the service names it in one line and exits 4")
-    startup_wait_s: float = Field(30.0, ge=0, description="how long a service waits at start for a required "
-                                  "dependency (brokers, database) that does not answer, trying again with backoff, "
-                                  "before it names it in one line and exits 4; 0: exit at the first failed check")
-
-    @field_validator("data_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        """`~` expanded and made absolute, so the folder printed at start is the one written to."""
-        return value.expanduser().absolute()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_FILE_ENV)
-        if config_file:
-            sources.append(_toml_source(settings_cls, Path(config_file)))
-        return tuple(sources)
-
-
-def _toml_source(settings_cls: type[BaseSettings], path: Path) -> TomlConfigSettingsSource:
-    """The file's settings; a file that is missing or not TOML is an error, never silently no settings."""
-    if not path.is_file():
-        raise ConfigFileError(f"{CONFIG_FILE_ENV}={path}: no such file")
-    try:
-        return TomlConfigSettingsSource(settings_cls, toml_file=path)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ConfigFileError(f"{CONFIG_FILE_ENV}={path}: not a TOML file ({exc})") from None
 
 
 class WorkerSettings(ServiceSettings):

@@ -23,11 +23,13 @@ from console.service import ConsoleService
 from console.settings import AccessSettings, ConsoleSettings, ReviewSettings, SamplingSettings
 from console.store import Incoming, ReviewStore, make_engine
 from console.tables import metadata
+from runtime.settings import ObservabilitySettings
 from schemas.events import ChatEvent, ErrorInfo, ImageRef, ModelRef, SourceRef, StageVerdict, Verdict, VerdictStatus
 from tests.waiting import wait_until
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames
-from workers.settings import FetchSettings, KafkaSettings, ObservabilitySettings
+from topics.settings import KafkaSettings
+from workers.settings import FetchSettings
 
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

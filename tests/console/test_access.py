@@ -13,7 +13,7 @@ from console.auth import SESSION_COOKIE, Access, NotSignedIn
 from console.checks import CheckLimiter, LockedOut, SignInThrottle, TooManyChecks
 from console.passwords import hash_token, is_hash, new_token, verify
 from console.settings import AccessSettings, ConsoleSettings
-from workers.cli import app
+from guardstream.cli import app
 
 
 def test_a_hash_verifies_its_token_only_and_is_salted() -> None:

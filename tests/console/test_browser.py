@@ -39,7 +39,7 @@ class Demo:
 async def start_demo() -> Demo:
     """`guardstream demo --console` as a user runs it, read until it prints where to sign in."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers", "demo", "--events", "32", "--show", "4", "--console", "--console-port", "0",
+        sys.executable, "-m", "guardstream", "demo", "--events", "32", "--show", "4", "--console", "--console-port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "150"},
         start_new_session=True)  # a process group of its own, as a terminal gives it
     assert process.stdout is not None

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from console.service import ConsoleService
 from console.settings import ConsoleSettings
+from runtime.dependency_state import BROKER
 from schemas.events import AuditLabel, ChatEvent, Verdict
 from tests.conftest import PARTITIONS, ProxiedBroker
 from tests.console.conftest import chat, publish_judged, running_console, verdict
@@ -29,8 +30,7 @@ from tests.waiting import wait_until
 from topics.admin import create_topics
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
-from workers.dependency_state import BROKER
-from workers.settings import KafkaSettings
+from topics.settings import KafkaSettings
 
 SESSION_TIMEOUT_MS = 2000
 CUT_S = 1.5 * SESSION_TIMEOUT_MS / 1000  # a cut outlasts the session timeout and many polls and checks

@@ -29,7 +29,7 @@ async def test_the_console_runs_from_its_settings_answers_health_checks_and_stop
            "GUARDSTREAM_OBSERVABILITY__HEALTH_PORT": str(health), "GUARDSTREAM_OBSERVABILITY__LOG_FORMAT": "json",
            "GUARDSTREAM_ACCESS__REVIEWERS": json.dumps({"alice": hash_token("t")}),
            "GUARDSTREAM_ACCESS__SESSION_SECRET": "a-secret-that-must-not-be-logged"}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "workers", "console", env=env,
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "guardstream", "console", env=env,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     ready = {"ready": False}
 

@@ -44,7 +44,7 @@ def test_replicas_starting_together_migrate_an_empty_postgresql_database_once(em
     """Several consoles starting at once each run the migration (`console migrate`, as at start): one migrates,
     the others wait for it and find the schema up to date."""
     env = {**os.environ, "GUARDSTREAM_DATABASE_URL": empty_postgres}
-    replicas = [subprocess.Popen([sys.executable, "-m", "workers", "console", "migrate"], env=env,
+    replicas = [subprocess.Popen([sys.executable, "-m", "guardstream", "console", "migrate"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in replicas]  # type: ignore[union-attr]
     assert [code for code, _ in outcomes] == [0, 0, 0], outcomes

@@ -13,8 +13,9 @@ from tests.console.http import Client
 from tests.factories import png
 from tests.kafka_io import read_topic
 from topics.local_broker import LocalBroker
+from topics.records import RecordReader
 from topics.registry import TopicNames
-from trainer.resolve import RecordReader, Resolver
+from trainer.resolve import Resolver
 from workers.settings import LimitSettings
 
 SCRIPT = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'

@@ -25,10 +25,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from console.settings import ConsoleSettings
+from runtime.health import HealthServer
+from runtime.settings import ServiceSettings
 from tests.deploy.setting_names import setting_field
 from trainer.settings import TrainerSettings
-from workers.health import HealthServer
-from workers.settings import ServiceSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -30,12 +30,13 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from console.settings import ConsoleSettings
+from runtime.settings import ServiceSettings
 from tests.deploy.setting_names import setting_field
 from topics import cli as topics_cli
 from topics.registry import TopicNames, topic_specs
 from trainer.settings import TrainerSettings
 from workers.guard.registry import BACKENDS
-from workers.settings import ServiceSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from console.passwords import hash_token
 from console.settings import AccessSettings, ConsoleSettings
+from runtime.settings import ObservabilitySettings
 from tests.conftest import PARTITIONS, dead_letters_for, running_worker, verdicts_for
 from tests.console.conftest import running_console
 from tests.factories import BENIGN, HARMFUL, event
@@ -31,9 +32,10 @@ from topics.admin import create_topics
 from topics.io import produce_events, produce_raw
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
+from topics.settings import KafkaSettings
 from trainer.settings import DatasetSettings, JobSettings, TrainerSettings
 from workers.guard.lite import LiteGuard
-from workers.settings import CacheSettings, KafkaSettings, ObservabilitySettings, WorkerSettings
+from workers.settings import CacheSettings, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"

@@ -18,10 +18,10 @@ from tests.factories import BENIGN, HARMFUL, event
 from tests.kafka_io import QUIET_S, read_topic, read_until
 from tests.topics.guardstream_process import cli_env, finish, guardstream, start
 from topics.admin import create_topics
+from topics.clients import stop_consumer
 from topics.io import produce_events
 from topics.ranges import RangeSpec, ReplayPosition
 from topics.registry import TopicNames, TopicSpec
-from workers.kafka_clients import stop_consumer
 from workers.settings import WorkerSettings
 
 OPEN_RANGE = ",".join(f"{p}:0-" for p in range(PARTITIONS))

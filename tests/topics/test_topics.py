@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from guardstream.cli import app
+from guardstream.topics_cli import InvalidInputLine, read_events
 from tests.factories import event
 from tests.kafka_io import read_topic
 from topics.admin import TopicsRefused, check_topics, count_brokers, create_topics, raise_for_refusals
-from topics.io import InvalidInputLine, read_events
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, choose_replication, topic_specs
-from workers.cli import app
 
 
 async def test_create_is_idempotent_and_check_sees_the_partitions(broker: LocalBroker) -> None:

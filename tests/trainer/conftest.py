@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord
 
+from runtime.settings import ObservabilitySettings
 from schemas.events import AuditLabel, ChatEvent, SourceRef, Verdict
 from tests.conftest import running_worker
 from tests.kafka_io import read_until
@@ -20,7 +21,7 @@ from topics.io import produce_events, produce_raw
 from topics.registry import TopicNames
 from trainer.service import TrainerService
 from trainer.settings import DatasetSettings, GateSettings, JobSettings, LiteRefitSettings, TrainerSettings
-from workers.settings import ObservabilitySettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from guardstream.cli import app
+from runtime.cli_errors import Exit, describe
 from schemas.events import Verdict
 from tests.factories import BENIGN, HARMFUL, png
 from trainer.labelled import BadLabelledFile, labelled_from_jsonl
-from workers.cli import app
-from workers.cli_errors import Exit, describe
 
 
 @pytest.fixture

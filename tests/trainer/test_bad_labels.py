@@ -17,11 +17,12 @@ from tests.trainer.conftest import judged, label_for, publish_labels, running_tr
 from tests.trainer.label_outcomes import committed, skipped
 from tests.waiting import wait_until
 from topics.local_broker import free_loopback_port
+from topics.records import RecordReader
 from topics.registry import TopicNames
 from trainer.collect import LabelCollector
 from trainer.dataset import AuditExample
 from trainer.metrics import TrainerMetrics
-from trainer.resolve import RecordReader, Resolver
+from trainer.resolve import Resolver
 from trainer.service import TrainerService
 from trainer.settings import LabelSettings, TrainerSettings
 from workers.guard.lite import LiteGuard

@@ -11,16 +11,17 @@ from pathlib import Path
 import obstore
 import pytest
 
+from runtime.settings import default_data_dir
 from schemas.events import AuditLabel, ChatEvent
 from tests.trainer.conftest import running_trainer
 from trainer import jobs
 from trainer.dataset import AuditExample, DataSet, open_store
-from trainer.jobs import Candidate, TrainingData
+from trainer.job_interface import Candidate, TrainingData
 from trainer.pipeline import run_job
 from trainer.settings import DatasetSettings, GateSettings, TrainerSettings
 from workers.demo_data import loop_traffic
 from workers.guard.lite_tuned import DEFAULT_ARTEFACT
-from workers.settings import WorkerSettings, default_data_dir
+from workers.settings import WorkerSettings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "workers" / "guard" / "artefacts" / DEFAULT_ARTEFACT
 

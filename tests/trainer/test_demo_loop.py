@@ -23,7 +23,7 @@ def test_the_loop_demo_gates_a_refit_and_the_worker_answers_the_samples_with_the
     served (a refusal keeps the shipped model: the gate, not the demo, says whether the refit is better)."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    run = subprocess.run([sys.executable, "-m", "workers", "demo", "--loop"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "guardstream", "demo", "--loop"], capture_output=True, text=True,
                          timeout=600, cwd=cwd, env={**os.environ, "COLUMNS": "200"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     decided = re.search(r"(released|refused) (lite-\S+): F1 ([0-9.]+) against the serving model's ([0-9.]+) "

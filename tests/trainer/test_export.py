@@ -12,6 +12,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from guardstream.cli import app
 from schemas.events import AuditLabel, ChatEvent
 from tests.conftest import PARTITIONS, S3
 from tests.factories import BENIGN, HARMFUL, event
@@ -21,7 +22,6 @@ from tests.trainer.dataset_parts import commit_first, example
 from topics.registry import TopicNames
 from trainer.dataset import DataSet
 from trainer.settings import TrainerSettings
-from workers.cli import app
 from workers.guard.lite import LiteGuard
 from workers.settings import FetchSettings, WorkerSettings
 

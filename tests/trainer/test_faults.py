@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from runtime.dependency_state import BROKER
+from runtime.settings import ObservabilitySettings
 from schemas.events import AuditLabel, SourceRef
 from tests.conftest import PARTITIONS, S3, ProxiedBroker
 from tests.factories import BENIGN, event
@@ -27,11 +29,11 @@ from topics.admin import create_topics
 from topics.io import produce_raw
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
+from topics.settings import KafkaSettings
 from trainer.dataset import Commit, DataSet
 from trainer.service import TrainerService
 from trainer.settings import DatasetSettings, JobSettings, LabelSettings, TrainerSettings
-from workers.dependency_state import BROKER
-from workers.settings import FetchSettings, KafkaSettings, ObservabilitySettings
+from workers.settings import FetchSettings
 
 SESSION_TIMEOUT_MS = 2000
 CUT_S = 1.5 * SESSION_TIMEOUT_MS / 1000  # the broker stays cut past the session timeout, many polls and flushes

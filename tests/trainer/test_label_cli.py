@@ -14,9 +14,10 @@ from tests.factories import BENIGN, HARMFUL, event
 from tests.kafka_io import QUIET_S, read_topic
 from topics.io import produce_events
 from topics.local_broker import free_loopback_port
+from topics.records import RecordReader
 from topics.registry import TopicNames
 from trainer.label_cli import publish_labels
-from trainer.resolve import RecordReader, Resolver
+from trainer.resolve import Resolver
 from workers.settings import WorkerSettings
 
 GUARDSTREAM = Path(sys.executable).with_name("guardstream")

@@ -14,7 +14,8 @@ from datasets import Dataset
 from tests.trainer.reasoning_fixtures import lesson_items, tiny_reasoning
 from tests.trainer.test_reasoning_data import verdict
 from trainer.clip_schedule import clip_range, default_floor
-from trainer.jobs import TrainingData, make_job
+from trainer.job_interface import TrainingData
+from trainer.jobs import make_job
 from trainer.reasoning_data import ReasoningSource, SftExample, build_target, prompt_of
 from trainer.reasoning_grpo import ReasoningGrpo
 from trainer.reasoning_inputs import Base, EventImages, load_trainable, lora_config, sft_row

@@ -18,7 +18,7 @@ from topics.io import produce_events
 from topics.registry import TopicNames
 from trainer import jobs
 from trainer.dataset import DataSet
-from trainer.jobs import Candidate, TrainingData
+from trainer.job_interface import Candidate, TrainingData
 from trainer.pipeline import run_job
 from trainer.settings import TrainerSettings
 from workers.model_watch import current_release

@@ -7,8 +7,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.events import SourceRef
 from topics.io import produce_raw
+from topics.records import BadCoordinates, RecordMissing, RecordReader, TopicNotAllowed
 from topics.registry import TopicNames
-from trainer.resolve import BadCoordinates, RecordMissing, RecordReader, TopicNotAllowed
 from trainer.settings import TrainerSettings
 
 

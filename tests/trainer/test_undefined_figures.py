@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runtime.input_lines import BadLine
 from schemas.events import ModelRelease
 from tests.trainer.test_evaluate import chat, ok
 from trainer.eval_report import render_markdown, write_report
 from trainer.evaluate import Evaluation, score
 from trainer.labelled import LabelledEvent
-from workers.input_lines import BadLine
 
 
 def without_harmful_requests(predicted_harmful_response: bool = True) -> Evaluation:

@@ -11,6 +11,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from guardstream.cli import app
 from schemas.events import ModelRef, Verdict
 from tests.conftest import PARTITIONS
 from tests.factories import BENIGN, HARMFUL, event
@@ -20,7 +21,6 @@ from topics.io import produce_events, produce_raw
 from topics.ranges import RangeSpec, RateLimit
 from topics.registry import TopicNames, TopicSpec
 from workers.backfill import ReplayRefused, check_target, judging_model, run_backfill
-from workers.cli import app
 from workers.guard.lite import LiteGuard
 from workers.settings import GuardSettings, WorkerSettings
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from workers.backoff import backoff_s
+from runtime.backoff import backoff_s
 
 
 def test_the_wait_doubles_from_the_base_up_to_the_cap() -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from runtime.dependency_state import BROKER
 from schemas.events import Verdict
 from tests.conftest import ProxiedBroker, committed_and_end, running_worker, verdicts_covering
 from tests.factories import BENIGN, HARMFUL, event
@@ -18,7 +19,6 @@ from tests.workers.test_crash_recovery import worker_process
 from topics.admin import create_topics
 from topics.io import produce_events
 from topics.registry import TopicNames, topic_specs
-from workers.dependency_state import BROKER
 from workers.settings import WorkerSettings
 
 PARTITIONS = 4

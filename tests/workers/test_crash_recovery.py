@@ -46,9 +46,9 @@ def settings_env(settings: WorkerSettings) -> dict[str, str]:
 
 @contextmanager
 def worker_process(settings: WorkerSettings) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m workers worker` with these settings; killed on exit if it is still running."""
+    """`python -m guardstream worker` with these settings; killed on exit if it is still running."""
     env = {**os.environ, **settings_env(settings), "GUARDSTREAM_OBSERVABILITY__LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "guardstream", "worker"], env=env)
     try:
         yield process
     finally:

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from guardstream.demo import choose_cache, run_demo
 from topics.local_broker import free_loopback_port
 from workers.cache import MemoryCache, RedisCache
-from workers.demo import choose_cache, run_demo
 from workers.metrics import WorkerMetrics
 from workers.settings import CacheSettings
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import redis
 
+from runtime.dependency_state import GUARD_BACKEND, OBJECT_STORAGE, REDIS
 from schemas.events import ChatEvent, Verdict
 from tests.conftest import committed_and_end, running_worker, verdicts_covering
 from tests.factories import BENIGN, HARMFUL, event, image_ref, png
@@ -21,7 +22,6 @@ from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.waiting import wait_until
 from topics.io import produce_events
 from workers.cache import RedisCache
-from workers.dependency_state import GUARD_BACKEND, OBJECT_STORAGE, REDIS
 from workers.errors import BackendError
 from workers.guard.base import GuardOutcome, GuardRequest
 from workers.metrics import WorkerMetrics

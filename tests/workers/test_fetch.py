@@ -36,17 +36,8 @@ from workers.errors import (
     ImageShapeRefused,
     ImageTooLarge,
 )
-from workers.fetch import (
-    AddressRefused,
-    FetchedImage,
-    FilteringResolver,
-    ImageFetcher,
-    address_allowed,
-    decode_image,
-    fit_pixel_budget,
-    resolve_location,
-    s3_store,
-)
+from workers.fetch import FetchedImage, ImageFetcher, decode_image, fit_pixel_budget, s3_store
+from workers.image_address import AddressRefused, FilteringResolver, address_allowed, resolve_location
 from workers.settings import FetchSettings
 
 

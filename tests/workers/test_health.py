@@ -14,13 +14,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from runtime.cli_errors import Exit
+from runtime.health import PORT_SETTING, HealthPortInUse, HealthServer
+from runtime.logs import configure_logging
 from tests.conftest import running_worker, verdicts_for
 from tests.factories import event
 from tests.workers.test_crash_recovery import settings_env
 from topics.io import produce_events
-from workers.cli_errors import Exit
-from workers.health import PORT_SETTING, HealthPortInUse, HealthServer
-from workers.logs import configure_logging
 from workers.settings import WorkerSettings
 
 GUARDSTREAM = Path(sys.executable).with_name("guardstream")

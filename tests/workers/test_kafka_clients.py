@@ -13,15 +13,15 @@ import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from runtime.logs import configure_logging
 from tests.kafka_io import read_topic
 from tests.tls import SelfSignedCert, self_signed_cert
 from topics.admin import create_topics
+from topics.clients import MASKED, KafkaSecurityError, client_options
 from topics.io import produce_raw
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
-from workers.kafka_clients import MASKED, KafkaSecurityError, client_options
-from workers.logs import configure_logging
-from workers.settings import KafkaSettings
+from topics.settings import KafkaSettings
 
 SECRET = f"sasl-{secrets.token_hex(8)}"
 

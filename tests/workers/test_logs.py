@@ -14,7 +14,7 @@ import structlog
 from pydantic import SecretBytes, SecretStr
 from structlog.tracebacks import ExceptionDictTransformer
 
-from workers.logs import REDACTED, configure_logging
+from runtime.logs import REDACTED, configure_logging
 
 SECRET = f"hunter2-{secrets.token_hex(8)}"
 FORMATS = ["console", "json"]

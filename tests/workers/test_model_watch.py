@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 import pytest
 from structlog.testing import capture_logs
 
+from runtime.backoff import backoff_s
 from schemas.events import ModelRelease
 from tests.waiting import wait_until
 from topics.admin import create_topics
 from topics.io import produce_raw
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
-from workers.backoff import backoff_s
+from topics.settings import KafkaSettings
 from workers.model_watch import ModelTopicMissing, ModelWatcher
-from workers.settings import KafkaSettings
 
 NAME = "guard-under-test"
 

@@ -28,10 +28,11 @@ from tests.waiting import wait_until
 from topics.admin import create_topics
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
+from topics.settings import KafkaSettings
 from workers.emit import ProduceFailure, Publisher, classify, cut, dead_letter, error_verdict
 from workers.errors import ImageNotFound
 from workers.metrics import WorkerMetrics
-from workers.settings import KafkaSettings, LimitSettings
+from workers.settings import LimitSettings
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,7 @@ async def test_worker_output_and_settings_never_show_the_redis_password_or_s3_se
         await produce_events(settings.kafka.bootstrap_servers, f"{prefix}chat.events", events)
         out, err = tmp_path / "stdout", tmp_path / "stderr"
         with out.open("wb") as stdout, err.open("wb") as stderr:
-            process = subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env,
+            process = subprocess.Popen([sys.executable, "-m", "guardstream", "worker"], env=env,
                                        stdout=stdout, stderr=stderr)
             try:
                 verdicts = await verdicts_covering(settings, {e.event_id for e in events}, timeout_s=120)

@@ -8,8 +8,9 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from console.settings import ConsoleSettings
+from runtime.settings import CONFIG_FILE_ENV
 from trainer.settings import TrainerSettings
-from workers.settings import CONFIG_FILE_ENV, WorkerSettings
+from workers.settings import WorkerSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

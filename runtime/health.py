@@ -15,7 +15,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from workers.cli_errors import Unreachable
+from runtime.cli_errors import Unreachable
 
 PORT_SETTING = "GUARDSTREAM_OBSERVABILITY__HEALTH_PORT"
 

@@ -8,13 +8,43 @@ import json
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
+from runtime.cli_errors import CommandFailed
+from runtime.input_lines import BadInputLine, BadLine, PartialInput, bad_line, numbered_lines
+from schemas.events import ChatEvent
 from topics.admin import TopicCheck, check_topics, count_brokers, create_topics
-from topics.io import event_lines, produce_events, read_events, tail_topic
+from topics.io import produce_events, tail_topic
 from topics.registry import TopicNames, TopicSpec, choose_replication, topic_specs
-from workers.cli_errors import CommandFailed
-from workers.input_lines import PartialInput
-from workers.settings import KafkaSettings, WorkerSettings
+from topics.settings import KafkaSettings
+from workers.settings import WorkerSettings
+
+
+class InvalidInputLine(BadInputLine, ValueError):
+    """A line of the produce file is not a valid ChatEvent; the message names file:line and the field."""
+
+
+def event_lines(path: Path) -> tuple[list[ChatEvent], list[BadLine]]:
+    """The file's good lines as ChatEvents, and its bad ones, each in order."""
+    events, bad = [], []
+    for number, text in numbered_lines(path):
+        if isinstance(text, BadLine):
+            bad.append(text)
+            continue
+        try:
+            events.append(ChatEvent.model_validate_json(text))
+        except ValidationError as exc:
+            bad.append(bad_line(path, number, exc, text))
+    return events, bad
+
+
+def read_events(path: Path) -> list[ChatEvent]:
+    """JSON Lines of ChatEvents, every line validated before anything is sent: the first bad one raises."""
+    events, bad = event_lines(path)
+    if bad:
+        raise InvalidInputLine(bad[0])
+    return events
+
 
 app = typer.Typer(help="Create or verify guardstream's topics.", no_args_is_help=True)
 

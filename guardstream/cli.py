@@ -1,4 +1,5 @@
-"""The `guardstream` console script: one command, a subcommand per job."""
+"""The `guardstream` console script: one command, a subcommand per job, each mounted from the package whose job it
+is (the worker's, the trainer's, the console's, the topics' and schemas' commands), and the demos."""
 
 from __future__ import annotations
 
@@ -8,17 +9,16 @@ import sys
 import typer
 
 from console.cli import app as console_app
+from guardstream.broker_cli import broker_command
+from guardstream.replay_cli import replay_command
+from guardstream.topics_cli import app as topics_app
+from guardstream.topics_cli import produce, tail
+from runtime.cli_errors import run_command
 from schemas.cli import app as schemas_app
-from topics.broker_cli import broker_command
-from topics.cli import app as topics_app
-from topics.cli import produce, tail
-from topics.replay_cli import replay_command
 from trainer.cli import app as train_app
 from trainer.cli import audit_command, eval_command, trainer_command
 from trainer.label_cli import label_command
-from workers.cli_errors import run_command
-from workers.runtime import check_config_only, load_settings, service_dependencies, start_service
-from workers.settings import WorkerSettings
+from workers.commands import worker_command
 
 app = typer.Typer(help="guardstream: streaming moderation with a reasoning guard. Exit codes: 0 done, 2 usage, "
                   "3 bad input, 4 a dependency unreachable, 5 refused, 6 partial (see the README); --debug shows "
@@ -35,28 +35,7 @@ app.command("audit")(audit_command)
 app.command("replay")(replay_command)
 app.command("broker")(broker_command)
 app.command("label")(label_command)
-
-
-CHECK_CONFIG_HELP = "validate the settings, print them (secrets masked) as one JSON line and exit: no connection"
-
-
-@app.command("worker")
-def worker(
-    backend: str = typer.Option(None, help="guard backend (default: settings, 'lite')"),
-    check_config: bool = typer.Option(False, "--check-config", help=CHECK_CONFIG_HELP),
-) -> None:
-    """Run a long-lived worker against the brokers in settings (GUARDSTREAM_* or GUARDSTREAM_CONFIG_FILE).
-    At start the brokers, Redis (when the cache is on) and the S3 endpoint (when set) must answer, else exit 4."""
-    if check_config:
-        check_config_only("worker", WorkerSettings)
-        return
-    from workers.worker import Worker
-
-    settings = load_settings(WorkerSettings)
-    if backend:
-        settings.guard.backend = backend
-    start_service(lambda: Worker(settings), settings,
-                  service_dependencies(settings.kafka, settings.cache, settings.fetch))
+app.command("worker")(worker_command)
 
 
 @app.command("demo")
@@ -71,11 +50,11 @@ def demo(
 ) -> None:
     """Run everything locally: broker, cache, images, topics, sample events, a worker; print the verdicts."""
     if loop:
-        from trainer.demo_loop import run_loop_demo
+        from guardstream.demo_loop import run_loop_demo
 
         asyncio.run(run_loop_demo())
         return
-    from workers.demo import run_demo
+    from guardstream.demo import run_demo
 
     asyncio.run(run_demo(events, show, console_port if console else None))
 

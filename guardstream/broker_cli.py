@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 import typer
 
+from runtime.cli_errors import Unreachable
 from topics.admin import create_topics
 from topics.local_broker import BrokerStartError, LocalBroker, free_loopback_port
 from topics.registry import TopicNames, topic_specs
-from workers.cli_errors import Unreachable
 from workers.settings import WorkerSettings
 
 DEFAULT_PORT = 9092  # what KafkaSettings.bootstrap_servers points at by default

@@ -23,15 +23,15 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from guardstream.demo import DemoStack, demo_stack, print_verdicts, wait_for
+from runtime.logs import configure_logging
+from runtime.settings import ObservabilitySettings
 from schemas.events import AuditLabel, ChatEvent, Verdict
 from topics.io import produce_raw
 from trainer.pipeline import RunRecord
 from trainer.service import TrainerService
 from trainer.settings import DatasetSettings, GateSettings, JobSettings, LiteRefitSettings, TrainerSettings
-from workers.demo import DemoStack, demo_stack, print_verdicts, wait_for
 from workers.demo_data import SAMPLES, loop_traffic, make_events
-from workers.logs import configure_logging
-from workers.settings import ObservabilitySettings
 
 PACKAGE_SAMPLE = 400  # package texts and pairs the demo's refit fine-tunes on (all of them: `guardstream train run`)
 REFIT_EPOCHS = 5.0  # a small sample needs more passes to learn the platform's own policy

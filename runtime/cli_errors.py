@@ -14,7 +14,8 @@ line) or `GUARDSTREAM_DEBUG=1`.
 |  130 | INTERRUPTED | stopped by Ctrl-C |
 
 A module says how its own failures end by giving the exception class an `exit_code` (and a message that
-names what is wrong); `describe` maps the usual third-party errors. Messages pass through the log redaction,
+names what is wrong), or a `command_failure()` method returning the code and the line; `describe` maps the
+usual third-party errors. Messages pass through the log redaction,
 so a URL's password never reaches the terminal.
 """
 
@@ -32,7 +33,7 @@ import click
 import typer
 from pydantic import ValidationError
 
-from workers.logs import drop_bootstrap_failures
+from runtime.logs import drop_bootstrap_failures
 
 DEBUG_FLAG = "--debug"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@", re.IGNORECASE)
@@ -110,8 +111,7 @@ def _unreachable(exc: BaseException) -> str | None:
 
 def describe(exc: BaseException) -> tuple[Exit, str]:
     """The exit code and the one line for a command that ended with `exc`."""
-    from workers.errors import BackendUnavailable, GuardstreamError
-    from workers.kafka_clients import KafkaSecurityError
+    from topics.clients import KafkaSecurityError
 
     code = getattr(exc, "exit_code", None)
     if isinstance(code, int) and not isinstance(exc, click.exceptions.Exit):
@@ -124,13 +124,13 @@ def describe(exc: BaseException) -> tuple[Exit, str]:
         return Exit.INPUT, one_line(f"{exc.filename or exc}: no such file or folder")
     if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):
         return Exit.INPUT, one_line(f"{exc.filename or ''}: {exc.strerror or exc}")
-    if isinstance(exc, BackendUnavailable):
-        return Exit.UNREACHABLE, one_line(f"the guard backend cannot be loaded: {exc}")
+    failure = getattr(exc, "command_failure", None)  # an error type of a service's own: (code, line)
+    if callable(failure):
+        code, line = failure()
+        return Exit(code), one_line(line)
     reason = _unreachable(exc)
     if reason is not None:
         return Exit.UNREACHABLE, one_line(reason)
-    if isinstance(exc, GuardstreamError):
-        return Exit.INPUT, one_line(f"{exc.code}: {exc}")
     return Exit.FAILED, one_line(f"{type(exc).__name__}: {exc} (a bug? rerun with {DEBUG_FLAG} for the traceback)")
 
 

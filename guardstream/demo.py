@@ -20,23 +20,18 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from runtime.logs import configure_logging
+from runtime.settings import ObservabilitySettings
 from schemas.events import ChatEvent, Verdict
 from topics.admin import create_topics
 from topics.io import produce_events, produce_raw
 from topics.local_broker import LocalBroker
 from topics.registry import TopicNames, topic_specs
+from topics.settings import LOCAL_BROKER_FETCH_MAX_WAIT_MS, KafkaSettings
 from workers.cache import MemoryCache, RedisCache, ResultCache
 from workers.demo_data import BAD_RECORDS, Sample, make_events, outside_root_event, write_demo_images
-from workers.logs import configure_logging
 from workers.metrics import WorkerMetrics
-from workers.settings import (
-    LOCAL_BROKER_FETCH_MAX_WAIT_MS,
-    CacheSettings,
-    FetchSettings,
-    KafkaSettings,
-    ObservabilitySettings,
-    WorkerSettings,
-)
+from workers.settings import CacheSettings, FetchSettings, WorkerSettings
 from workers.worker import Worker
 
 WAIT_S = 300.0

@@ -1,7 +1,7 @@
 """`guardstream replay`: a topic range re-moderated into a separate verdict topic (backfill), or a range of
 audit labels exported into the trainer's data set. See topics/ranges.py for ranges and positions.
 
-How a replay ends (workers/cli_errors.py): 0 with the summary (JSON) on stdout; 2 for a range written
+How a replay ends (runtime/cli_errors.py): 0 with the summary (JSON) on stdout; 2 for a range written
 wrongly, 3 for one that cannot be read (an unknown topic or partition, a position file for another range);
 5 when the target is refused; 6 when a partition was left unfinished and 130 when interrupted (Ctrl-C),
 both with the position saved (in `--position`, else in a file under the data folder) and one line on stderr
@@ -21,11 +21,11 @@ from pathlib import Path
 import typer
 from aiokafka import AIOKafkaConsumer
 
+from runtime.cli_errors import CommandFailed, Exit
+from runtime.logs import configure_logging
+from topics.clients import client_options, stop_consumer
 from topics.ranges import RangeSpec, RateLimit, ReplayInterrupted, ReplaySummary, open_position, replay_range
 from topics.registry import TopicNames
-from workers.cli_errors import CommandFailed, Exit
-from workers.kafka_clients import client_options, stop_consumer
-from workers.logs import configure_logging
 
 SHORT_NAMES = ("events", "verdicts", "dlq", "audit_labels", "models")  # as `guardstream tail` takes them
 
@@ -145,9 +145,10 @@ async def _backfill(spec: RangeSpec, target_name: str, topic: str | None, backen
 
 async def _export(spec: RangeSpec, topic: str | None, path: Path | None, rate: float | None, batch_size: int,
                   idle_timeout_s: float) -> ReplaySummary:
+    from topics.records import RecordReader
     from trainer.dataset import DataSet
     from trainer.export import LabelExport
-    from trainer.resolve import RecordReader, Resolver
+    from trainer.resolve import Resolver
     from trainer.settings import TrainerSettings
 
     settings = TrainerSettings()

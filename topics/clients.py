@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.helpers import create_ssl_context
 
-from workers.settings import KafkaSettings
+from topics.settings import KafkaSettings
 
 __all__ = ["ClientOptions", "KafkaSecurityError", "as_kafka_settings", "client_options", "stop_consumer"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from workers.cli_errors import CommandFailed, Exit, one_line
+from runtime.cli_errors import CommandFailed, Exit, one_line
 
 SHOWN_PROBLEM_CHARS = 300
 

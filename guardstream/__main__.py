@@ -1,0 +1,3 @@
+from guardstream.cli import main
+
+main()
