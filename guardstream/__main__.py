@@ -1,3 +1,5 @@
+"""`python -m guardstream`: the `guardstream` command."""
+
 from guardstream.cli import main
 
 main()

@@ -1,4 +1,5 @@
-"""`guardstream topics ...`, `guardstream produce`, `guardstream tail`."""
+"""`guardstream topics ...`, `guardstream produce` (a JSON Lines file of events, read a line at a time: the good
+lines are published, each bad one named) and `guardstream tail`, on the Kafka plumbing of `topics/`."""
 
 from __future__ import annotations
 

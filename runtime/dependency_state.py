@@ -1,4 +1,5 @@
-"""Which of the worker's dependencies is failing now, as the worker itself has seen it.
+"""Which of a service's dependencies is failing now, as the service itself has seen it (the worker, the trainer
+and the console each keep one).
 
 Each path that talks to a dependency reports what happened: a failure (with the exception that says why) or a
 success, which clears it. /readyz lists what is failing and `guardstream_dependency_up{dependency=...}` is 0 for

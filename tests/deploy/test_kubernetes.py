@@ -30,9 +30,9 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from console.settings import ConsoleSettings
+from guardstream import topics_cli
 from runtime.settings import ServiceSettings
 from tests.deploy.setting_names import setting_field
-from topics import cli as topics_cli
 from topics.registry import TopicNames, topic_specs
 from trainer.settings import TrainerSettings
 from workers.guard.registry import BACKENDS
