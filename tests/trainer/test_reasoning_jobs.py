@@ -1,6 +1,6 @@
 """The reasoning jobs on the tiny Qwen2.5-VL (real model code, real TRL trainers, on the CPU): the SFT loss is
-on the target alone and goes down; GRPO uses the scheduled clip range step by step; both save an adapter with
-its sources and figures."""
+on the target alone and goes down; GRPO uses the scheduled clip range step by step and raises the guard reward
+on a task the model can learn; both save an adapter with its sources and figures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from datasets import Dataset
 
-from tests.trainer.reasoning_fixtures import lesson_items, tiny_reasoning
+from tests.trainer.reasoning_fixtures import CUE_TASK, cue_items, lesson_items, tiny_reasoning
 from tests.trainer.test_reasoning_data import verdict
 from trainer.clip_schedule import clip_range, default_floor
 from trainer.job_interface import TrainingData
@@ -152,6 +152,30 @@ def test_grpo_trains_on_text_and_image_prompts_in_one_batch_and_saves_an_adapter
     assert figures["summary"]["mean_tokens_per_s"] > 0
     sources = json.loads((candidate.artefact / "job.json").read_text())["sources"]
     assert sources["concatenated"] >= 1 and sources["rl_items"] == len(data.examples) + sources["concatenated"]
+
+
+def test_grpo_raises_the_guard_reward_on_a_task_the_tiny_model_can_learn(job_settings: TrainerSettings,
+                                                                         tmp_path: Path) -> None:
+    """Four requests whose label one word decides (a bomb or a poison: harmful; people or a book: not), about
+    four answers in ten wrong at first. The job's own reward (trainer/reasoning_reward.py) and the reference's
+    group of 16; set for the tiny model: temperature 0.5, at which its outputs parse (at 1.2 more than half do
+    not, and each scores -80², which drowns every label), and lr 2e-3 (at the reference's 1e-6 the reward does
+    not move). The rise is read from the job's figures, step by step."""
+    job_settings.reasoning = tiny_reasoning(num_generations=16, batch_size=16 * len(CUE_TASK), max_steps=20,
+                                            temperature=0.5, learning_rate=2e-3)
+    data = TrainingData(cue_items(job_settings.gate.held_out_fraction), "test", "2026-12-06T00:00:00+00:00", 0,
+                        serving=job_settings.guard)
+
+    candidate = make_job("reasoning-grpo", job_settings).train(data, tmp_path / "run")
+
+    rewards = [row["reward"] for row in json.loads(candidate.report_files[0].read_text())["steps"]]
+    assert len(rewards) == 20
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    # A wrong label at the lessons' length (48 of 80 tokens) scores about -2.8, a right one 0: a step's mean
+    # under -0.5 has a fifth or more of its answers wrong, one over -0.2 under a fourteenth (and none malformed).
+    assert first < -0.5 and last > -0.2 and last - first > 0.5, rewards
+    summary = json.loads((candidate.artefact / "job.json").read_text())["figures"]
+    assert summary["first_reward"] == rewards[0] and summary["last_reward"] == rewards[-1]
 
 
 def _red() -> Any:
